@@ -1,0 +1,120 @@
+"""The long-lived parts of one consumer process, wired from the Flask config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from weather_common.breaker import CircuitBreaker, CircuitOpenError
+from weather_common.consul import ConsulClient, HealthWatcher
+
+from .balancer import Balancer, ProducerFailure
+from .cache import LastGoodCache
+from .discovery import ConsulDiscovery, StaticDiscovery
+from .metrics import ConsumerMetrics
+from .pool import InstancePool, parse_producer_urls
+from .service import WeatherService
+
+log = logging.getLogger(__name__)
+
+
+def _producer_urls(value):
+    # from_prefixed_env turns a JSON list into a list already; a plain string stays.
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = json.loads(value)
+    return parse_producer_urls(value)
+
+
+@dataclass
+class Runtime:
+    pool: InstancePool
+    cache: LastGoodCache
+    balancer: Balancer
+    service: WeatherService
+    discovery: object | None
+    metrics: ConsumerMetrics
+    session: requests.Session
+    default_country: str = "us"
+
+    @classmethod
+    def from_config(cls, cfg) -> "Runtime":
+        threshold = int(cfg["BREAKER_FAILURE_THRESHOLD"])
+        recovery = float(cfg["BREAKER_RECOVERY_TIMEOUT"])
+
+        def breaker_factory(instance_id: str) -> CircuitBreaker:
+            breaker = CircuitBreaker(failure_threshold=threshold, recovery_timeout=recovery,
+                                     expected_exception=ProducerFailure, name=instance_id)
+            metrics.watch_breaker(breaker)
+            return breaker
+
+        metrics = ConsumerMetrics()
+        pool = InstancePool(breaker_factory, forget_after=float(cfg["INSTANCE_FORGET_AFTER"]))
+        cache = LastGoodCache()
+        metrics.bind_pool(pool, cache)
+
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = "weather-consumer"
+
+        balancer = Balancer(pool, session,
+                            deadline=float(cfg["REQUEST_DEADLINE"]),
+                            per_try_timeout=float(cfg["PER_TRY_TIMEOUT"]),
+                            connect_timeout=float(cfg["CONNECT_TIMEOUT"]),
+                            max_attempts=int(cfg["MAX_ATTEMPTS"]),
+                            circuit_open_errors=(CircuitOpenError,),
+                            observe=metrics.observe_attempt)
+        service = WeatherService(balancer, cache, metrics)
+
+        static = _producer_urls(cfg["PRODUCER_URLS"])
+        discovery = None
+        if static:
+            discovery = StaticDiscovery(pool, static)
+        elif cfg["CONSUL_HTTP_ADDR"]:
+            discovery = ConsulDiscovery(pool, _consul_watcher(cfg),
+                                        initial_wait=float(cfg["DISCOVERY_INITIAL_WAIT"]))
+        return cls(pool, cache, balancer, service, discovery, metrics, session,
+                   default_country=str(cfg["DEFAULT_COUNTRY"]).lower())
+
+    def start(self) -> None:
+        if self.discovery is not None:
+            self.discovery.start()
+
+    def close(self) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.session.close()
+
+    def discovery_status(self) -> dict:
+        if self.discovery is None:
+            return {"kind": "none", "ok": False}
+        return self.discovery.status()
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Ready when a producer instance is known or the cache can serve something.
+
+        (weather_common's ``ready_check`` signature: ``(ok, details)``.)
+        """
+        details = {"producers": len(self.pool.healthy()), "cache_entries": len(self.cache),
+                   "discovery": self.discovery_status()}
+        if details["producers"]:
+            details["reason"] = "producer instances known"
+            return True, details
+        if details["cache_entries"]:
+            details["reason"] = "no producer instance known; serving saved answers"
+            return True, details
+        if self.discovery is None:
+            details["reason"] = ("no producer discovery configured "
+                                 "(set PRODUCER_URLS or CONSUL_HTTP_ADDR)")
+        else:
+            details["reason"] = "no producer instance known yet and nothing cached"
+        return False, details
+
+
+def _consul_watcher(cfg) -> HealthWatcher:
+    client = ConsulClient(cfg["CONSUL_HTTP_ADDR"], token_file=cfg.get("CONSUL_TOKEN_FILE") or None)
+    return HealthWatcher(client, cfg["PRODUCER_SERVICE"], wait=str(cfg["CONSUL_WAIT"]))
