@@ -1,0 +1,130 @@
+"""Fresh cache single-flight and last-good stores (memory and real Consul KV)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from weather_common.cache import ConsulLastGoodStore, Entry, FreshCache, MemoryLastGoodStore, location_key
+from weather_common.consul import ConsulClient
+
+
+def test_single_flight_collapses_concurrent_misses():
+    cache: FreshCache[str] = FreshCache(ttl=60)
+    calls = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(40)
+    results: list[tuple[str, bool]] = []
+
+    def loader() -> str:
+        nonlocal calls
+        with lock:
+            calls += 1
+        time.sleep(0.2)
+        return "value"
+
+    def worker() -> None:
+        barrier.wait()
+        entry, hit = cache.get_or_load("k", loader)
+        with lock:
+            results.append((entry.value, hit))
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == 1
+    assert len(results) == 40 and all(v == "value" for v, _ in results)
+    assert cache.loads == 1
+    # Now fresh: a hit, no loader call
+    entry, hit = cache.get_or_load("k", loader)
+    assert hit and calls == 1
+
+
+def test_loader_error_reaches_all_waiters_and_is_not_cached():
+    cache: FreshCache[str] = FreshCache(ttl=60)
+    barrier = threading.Barrier(10)
+    errors: list[Exception] = []
+    calls = 0
+
+    def loader() -> str:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.2)
+        raise ConnectionError("down")
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            cache.get_or_load("k", loader)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == 1 and len(errors) == 10
+    assert cache.get("k") is None
+    entry, hit = cache.get_or_load("k", lambda: "back")
+    assert entry.value == "back" and not hit
+
+
+def test_ttl_expiry_with_injected_clock():
+    now = [1000.0]
+    cache: FreshCache[int] = FreshCache(ttl=60, clock=lambda: now[0])
+    cache.get_or_load("a", lambda: 1)
+    now[0] += 59
+    assert cache.get_or_load("a", lambda: 2) == (Entry(1, 1000.0), True)
+    now[0] += 2
+    entry, hit = cache.get_or_load("a", lambda: 2)
+    assert entry.value == 2 and not hit
+
+
+def test_entry_age():
+    e = Entry("x", time.time() - 42.5)
+    assert e.age_seconds() == 42
+    assert Entry("x", time.time() + 10).age() == 0.0
+
+
+def test_memory_store_keeps_newest():
+    store = MemoryLastGoodStore()
+    store.put("us/1", {"t": 2}, fetched_at=200)
+    store.put("us/1", {"t": 1}, fetched_at=100)  # older: ignored
+    assert store.get("us/1") == Entry({"t": 2}, 200)
+    assert store.get("us/2") is None
+
+
+@pytest.mark.consul
+def test_consul_store_is_shared_and_uses_the_contract_layout(consul_agent):
+    prefix = f"test/{time.time_ns()}"
+    a = ConsulLastGoodStore(consul_agent.client(), prefix=prefix)
+    b = ConsulLastGoodStore(consul_agent.client(), prefix=prefix)
+    a.put(location_key("us", "10001"), {"city": "New York"}, fetched_at=1234.5)
+    got = b.get("us/10001")
+    assert got == Entry({"city": "New York"}, 1234.5)
+    raw = consul_agent.client().kv_get(f"{prefix}/us/10001")
+    assert raw == {"value": {"city": "New York"}, "fetched_at": 1234.5}
+    # zips may contain spaces
+    a.put(location_key("gb", "SW1A 1AA"), {"city": "London"})
+    assert b.get("gb/SW1A 1AA").value == {"city": "London"}
+
+
+@pytest.mark.consul
+def test_consul_store_falls_back_to_memory_when_consul_is_down(consul_factory):
+    agent = consul_factory()
+    store = ConsulLastGoodStore(ConsulClient(agent.url, connect_timeout=0.3, read_timeout=1), prefix="p")
+    store.put("us/1", {"v": 1}, fetched_at=10)
+    agent.stop()
+    t0 = time.monotonic()
+    store.put("us/2", {"v": 2}, fetched_at=20)  # KV down: kept in memory, no exception
+    assert store.get("us/1") == Entry({"v": 1}, 10)
+    assert store.get("us/2") == Entry({"v": 2}, 20)
+    for _ in range(10):  # the consul-kv breaker opens: no waiting on a dead Consul
+        store.get("us/1")
+    assert time.monotonic() - t0 < 5
+    assert store.breaker.state == "open"
