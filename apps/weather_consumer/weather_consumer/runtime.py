@@ -60,6 +60,7 @@ class Runtime:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers["User-Agent"] = "weather-consumer"
+        session.trust_env = False  # producer calls are internal: no proxies, no netrc
 
         balancer = Balancer(pool, session,
                             deadline=float(cfg["REQUEST_DEADLINE"]),

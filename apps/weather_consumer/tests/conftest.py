@@ -1,0 +1,137 @@
+"""Fixtures of the consumer's own tests: real stub producers and real consumer servers.
+
+The shared fixtures (``consul_agent``, ``fake_owm``, ``run_producer``) come from
+apps/conftest.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+
+def _real_package(name: str) -> None:
+    """Work around pytest's importlib mode (see apps/pytest.ini).
+
+    To import this file as ``weather_consumer.tests.conftest`` pytest first imports the
+    project DIRECTORY apps/weather_consumer as a namespace package ``weather_consumer``,
+    which shadows the real package (apps/weather_consumer/weather_consumer). Swap in the
+    real one; pytest's ``weather_consumer.tests`` entry keeps working.
+    """
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__file__", None) is None:
+        del sys.modules[name]
+        importlib.import_module(name)
+
+
+_real_package("weather_consumer")
+
+from weather_consumer import create_app  # noqa: E402
+
+STUB = Path(__file__).with_name("stub_producer.py")
+
+
+class StubProducer:
+    """Handle on one stub producer process (see stub_producer.py)."""
+
+    def __init__(self, name: str, port: int = 0):
+        self.name = name
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(STUB), self.name, str(self.port)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError(f"stub producer {self.name} did not start")
+        self.port = int(line)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def instance_id(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, mode: str = "ok", delay: float = 0.0, **extra) -> None:
+        requests.post(f"{self.url}/_mode", json={"mode": mode, "delay": delay, **extra},
+                      timeout=2).raise_for_status()
+
+    def hits(self) -> int:
+        return requests.get(f"{self.url}/_hits", timeout=2).json()["weather"]
+
+    def kill(self) -> None:
+        """SIGKILL, like a crashed producer: connections are refused from now on."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def close(self) -> None:
+        self.kill()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def stubs():
+    """``stubs(n)`` starts n stub producers; all are killed at the end."""
+    started: list[StubProducer] = []
+
+    def factory(n: int = 1) -> list[StubProducer]:
+        new = [StubProducer(f"stub-{len(started) + i + 1}") for i in range(n)]
+        started.extend(new)
+        return new
+
+    yield factory
+    for s in started:
+        s.close()
+
+
+#: Fast settings for tests: small deadline, quick ejection and recovery.
+TEST_CONFIG = {
+    "TESTING": True,
+    "CONSUL_HTTP_ADDR": "",
+    "REQUEST_DEADLINE": 1.5,
+    "PER_TRY_TIMEOUT": 0.5,
+    "CONNECT_TIMEOUT": 0.25,
+    "BREAKER_FAILURE_THRESHOLD": 2,
+    "BREAKER_RECOVERY_TIMEOUT": 1.0,
+}
+
+
+@pytest.fixture
+def make_app():
+    """``make_app(producer_urls, **config)`` -> a started consumer app (closed at the end)."""
+    apps = []
+
+    def factory(urls=(), **config):
+        cfg = dict(TEST_CONFIG)
+        cfg["PRODUCER_URLS"] = ",".join(urls)
+        cfg.update(config)
+        app = create_app(cfg)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["weather_consumer"].close()
+
+
+@pytest.fixture
+def live_consumer(make_app, wsgi_server):
+    """``live_consumer(producer_urls, **config)`` -> a consumer on real HTTP (``.url``)."""
+
+    def factory(urls=(), **config):
+        return wsgi_server(make_app(urls, **config))
+
+    return factory

@@ -1,0 +1,162 @@
+"""Load balancing over REAL (stub) producer processes on loopback: what the user gets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+
+
+def get(client, zip_code="10001", country=None):
+    qs = {"zip": zip_code}
+    if country:
+        qs["country"] = country
+    return client.get("/api/weather", query_string=qs)
+
+
+def test_round_robin_spreads_requests_evenly_over_three_producers(stubs, make_app):
+    producers = stubs(3)
+    client = make_app([p.url for p in producers]).test_client()
+    answered = [get(client).get_json()["producer"] for _ in range(30)]
+    assert {a: answered.count(a) for a in set(answered)} == {p.instance_id: 10 for p in producers}
+    assert [p.hits() for p in producers] == [10, 10, 10]
+
+
+def test_producer_killed_mid_traffic_no_request_fails_and_traffic_moves(stubs, make_app,
+                                                                      wait_until):
+    producers = stubs(3)
+    client = make_app([p.url for p in producers]).test_client()
+    victim = producers[1]
+    statuses, sources, stop = [], [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            r = get(client)
+            statuses.append(r.status_code)
+            sources.append(r.get_json().get("source"))
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(statuses) > 40, what="traffic before the kill")
+    victim.kill()
+    before = len(statuses)
+    wait_until(lambda: len(statuses) > before + 80, what="traffic after the kill")
+    stop.set()
+    for t in threads:
+        t.join(5)
+    assert set(statuses) == {200}, "a request failed while a producer died"
+    assert set(sources) == {"producer"}, "every answer must be fresh from a live producer"
+    # The dead instance is ejected; the last requests went to the two others only.
+    tail = [get(client).get_json()["producer"] for _ in range(10)]
+    assert victim.instance_id not in tail
+    assert set(tail) == {producers[0].instance_id, producers[2].instance_id}
+    status = client.get("/api/status").get_json()
+    breakers = {p["id"]: p["breaker"] for p in status["producers"]}
+    assert breakers[victim.instance_id] in ("open", "half_open")
+
+
+@pytest.mark.parametrize("mode", ["error", "unavailable", "garbage"])
+def test_failing_producer_is_retried_on_the_next_instance(stubs, make_app, mode):
+    bad, good = stubs(2)
+    bad.set(mode)
+    client = make_app([bad.url, good.url]).test_client()
+    for _ in range(4):
+        r = get(client)
+        assert r.status_code == 200
+        assert r.get_json()["producer"] == good.instance_id
+        assert r.get_json()["stale"] is False
+
+
+def test_slow_producer_times_out_within_the_deadline_and_the_next_one_answers(stubs, make_app):
+    slow, good = stubs(2)
+    slow.set("slow", delay=3)
+    app = make_app([slow.url, good.url], PER_TRY_TIMEOUT=0.3, REQUEST_DEADLINE=1.0,
+                   BREAKER_FAILURE_THRESHOLD=10)
+    client = app.test_client()
+    for _ in range(2):  # one of the two requests starts at the slow instance
+        t0 = time.monotonic()
+        r = get(client)
+        assert r.status_code == 200 and r.get_json()["producer"] == good.instance_id
+        assert time.monotonic() - t0 < 0.9
+    assert slow.hits() == 1
+
+
+def test_overall_deadline_bounds_the_request_when_every_producer_hangs(stubs, make_app):
+    producers = stubs(3)
+    for p in producers:
+        p.set("slow", delay=5)
+    client = make_app([p.url for p in producers], PER_TRY_TIMEOUT=0.5,
+                      REQUEST_DEADLINE=0.8).test_client()
+    t0 = time.monotonic()
+    r = get(client)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 503
+    assert "0.8" in r.get_json()["error"]
+    assert elapsed < 1.3, f"deadline 0.8 s but the request took {elapsed:.2f}s"
+
+
+def test_unknown_zip_is_a_404_answer_and_no_other_instance_is_asked(stubs, make_app):
+    producers = stubs(3)
+    client = make_app([p.url for p in producers]).test_client()
+    r = get(client, "00000")
+    assert r.status_code == 404
+    assert r.get_json()["error"] == "unknown zip"
+    assert sum(p.hits() for p in producers) == 1
+    # A 404 does not count against the instance.
+    assert {p["breaker"] for p in client.get("/api/status").get_json()["producers"]} == {"closed"}
+
+
+def test_ejected_instance_comes_back_after_recovery(stubs, make_app):
+    a, b = stubs(2)
+    client = make_app([a.url, b.url], BREAKER_FAILURE_THRESHOLD=2,
+                      BREAKER_RECOVERY_TIMEOUT=1.0).test_client()
+    b.set("error")
+    for _ in range(6):
+        assert get(client).status_code == 200
+    assert b.hits() == 2, "after 2 failures the instance must be ejected"
+    breakers = {p["id"]: p["breaker"] for p in client.get("/api/status").get_json()["producers"]}
+    assert breakers[b.instance_id] == "open"
+    b.set("ok")
+    time.sleep(1.1)
+    answered = [get(client).get_json()["producer"] for _ in range(10)]
+    assert answered.count(b.instance_id) == 5, "recovered instance must get its share again"
+    breakers = {p["id"]: p["breaker"] for p in client.get("/api/status").get_json()["producers"]}
+    assert breakers[b.instance_id] == "closed"
+
+
+def test_half_open_lets_exactly_one_trial_through_under_concurrency(stubs, make_app):
+    a, b = stubs(2)
+    client = make_app([a.url, b.url], BREAKER_FAILURE_THRESHOLD=1,
+                      BREAKER_RECOVERY_TIMEOUT=0.5).test_client()
+    b.set("error")
+    while b.hits() == 0:
+        get(client)
+    b.set("slow", delay=0.4)  # the trial will take a while
+    hits_before = b.hits()
+    time.sleep(0.6)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get(client).status_code))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == [200] * 8
+    assert b.hits() - hits_before == 1, "half-open must admit exactly one trial call"
+
+
+def test_all_instances_ejected_fails_fast(stubs, make_app):
+    producers = stubs(2)
+    for p in producers:
+        p.set("error")
+    client = make_app([p.url for p in producers], BREAKER_FAILURE_THRESHOLD=1,
+                      BREAKER_RECOVERY_TIMEOUT=30).test_client()
+    assert get(client).status_code == 503
+    t0 = time.monotonic()
+    r = get(client)
+    assert time.monotonic() - t0 < 0.1
+    assert r.status_code == 503 and "ejected" in r.get_json()["error"]
+    assert sum(p.hits() for p in producers) == 2

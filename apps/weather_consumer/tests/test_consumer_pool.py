@@ -1,0 +1,131 @@
+"""InstancePool: round robin over routable instances, ejection, re-admission, status."""
+
+from __future__ import annotations
+
+import pytest
+from weather_common.breaker import CircuitBreaker, CircuitOpenError
+
+from weather_consumer.pool import Instance, InstancePool, parse_producer_urls
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def pool(clock):
+    def factory(iid):
+        return CircuitBreaker(failure_threshold=2, recovery_timeout=5, expected_exception=Boom,
+                              name=iid, clock=clock)
+    p = InstancePool(factory, forget_after=60, clock=clock)
+    p.update([Instance("c", "10.0.0.3", 8000), Instance("a", "10.0.0.1", 8000),
+              Instance("b", "10.0.0.2", 8000)])
+    return p
+
+
+def fail(pool, iid, times):
+    for _ in range(times):
+        with pytest.raises(Boom):
+            pool.breaker(iid).call(lambda: (_ for _ in ()).throw(Boom()))
+
+
+def test_round_robin_starts_each_request_at_the_next_instance(pool):
+    firsts = [pool.plan()[0].id for _ in range(9)]
+    assert firsts == ["a", "b", "c"] * 3
+    assert [i.id for i in pool.plan()] == ["a", "b", "c"]  # every instance once per plan
+
+
+def test_ejected_instance_is_left_out_and_the_others_share_evenly(pool):
+    fail(pool, "b", 2)
+    assert pool.breaker("b").state == "open"
+    plans = [pool.plan() for _ in range(10)]
+    assert all("b" not in [i.id for i in p] for p in plans)
+    firsts = [p[0].id for p in plans]
+    assert firsts.count("a") == firsts.count("c") == 5
+
+
+def test_ejected_instance_comes_back_for_exactly_one_trial_after_recovery(pool, clock):
+    fail(pool, "b", 2)
+    clock.now += 5.1
+    assert "b" in [i.id for i in pool.plan()]
+    br = pool.breaker("b")
+    assert br.state == "half_open"
+    # While the trial runs, a second caller is refused (and would move on).
+    seen = []
+
+    def trial():
+        with pytest.raises(CircuitOpenError):
+            br.call(lambda: None)
+        seen.append("refused")
+        return "ok"
+
+    assert br.call(trial) == "ok"
+    assert seen == ["refused"]
+    assert br.state == "closed"
+
+
+def test_failed_trial_ejects_again(pool, clock):
+    fail(pool, "b", 2)
+    clock.now += 5.1
+    fail(pool, "b", 1)
+    assert pool.breaker("b").state == "open"
+    assert "b" not in [i.id for i in pool.plan()]
+
+
+def test_all_ejected_gives_an_empty_plan(pool):
+    for iid in "abc":
+        fail(pool, iid, 2)
+    assert pool.plan() == []
+    assert len(pool.healthy()) == 3
+
+
+def test_update_keeps_breakers_and_marks_missing_instances_unhealthy(pool, clock):
+    fail(pool, "a", 2)
+    pool.update([Instance("a", "10.0.0.1", 8000), Instance("c", "10.0.0.3", 8000)])
+    assert pool.breaker("a").state == "open"  # kept across discovery updates
+    rows = {r["id"]: r for r in pool.snapshot()}
+    assert rows["b"]["healthy"] is False and rows["a"]["breaker"] == "open"
+    assert [i.id for i in pool.healthy()] == ["a", "c"]
+    clock.now += 61
+    pool.update([Instance("a", "10.0.0.1", 8000), Instance("c", "10.0.0.3", 8000)])
+    assert "b" not in {r["id"] for r in pool.snapshot()}
+
+
+def test_snapshot_has_the_contract_fields(pool):
+    row = pool.snapshot()[0]
+    assert set(row) == {"id", "address", "port", "healthy", "breaker"}
+    assert row == {"id": "a", "address": "10.0.0.1", "port": 8000, "healthy": True,
+                   "breaker": "closed"}
+
+
+@pytest.mark.parametrize("value, ids", [
+    ("http://h1:8000,http://h2:8001", ["h1:8000", "h2:8001"]),
+    ("http://h1:8000 http://h2", ["h1:8000", "h2:80"]),
+    (["http://[::1]:8000"], ["::1:8000"]),
+    ("", []),
+])
+def test_parse_producer_urls(value, ids):
+    assert [i.id for i in parse_producer_urls(value)] == ids
+
+
+def test_ipv6_base_url():
+    assert Instance.from_url("http://[::1]:8000").base_url == "http://[::1]:8000"
+
+
+@pytest.mark.parametrize("bad", ["ftp://x:1", "h1:8000", "http://"])
+def test_parse_producer_urls_rejects_non_http(bad):
+    with pytest.raises(ValueError):
+        parse_producer_urls(bad)
