@@ -1,0 +1,20 @@
+"""gunicorn settings for the consumer.
+
+One worker process with threads: the producer pool, the per-instance breakers, the
+Consul watcher and the last-good cache live in process memory, so one process per
+container keeps them consistent (scale with more containers).
+"""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8080")
+workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+worker_tmp_dir = "/tmp"  # a tmpfs in the read-only container
+accesslog = None  # the app logs one JSON line per request itself
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
