@@ -1,0 +1,123 @@
+"""Discovery through a REAL Consul agent (consul 1.8.7 -dev) with real producers.
+
+The producers run on ephemeral ports (run_producer), so each test registers them in
+Consul the way the producer itself does (weather_common.ServiceRegistration: TTL check,
+heartbeat), under a service name unique to the test (the session agent is shared).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from weather_common.consul import ConsulClient, ServiceRegistration
+
+pytestmark = pytest.mark.consul
+
+
+@pytest.fixture
+def register():
+    regs = []
+
+    def start(agent, service, prod, ttl="2s"):
+        reg = ServiceRegistration(ConsulClient(agent.url), name=service,
+                                  service_id=f"{service}-{prod.instance}", address="127.0.0.1",
+                                  port=prod.server.port, ttl=ttl, deregister_after="1m",
+                                  max_backoff=0.5).start()
+        assert reg.wait_registered(5)
+        regs.append(reg)
+        return reg
+
+    yield start
+    for reg in regs:
+        reg.stop(timeout=1)
+
+
+@pytest.fixture
+def service_name():
+    return f"weather-producer-t{uuid.uuid4().hex[:8]}"
+
+
+def consul_consumer(make_app, agent, service):
+    return make_app([], CONSUL_HTTP_ADDR=agent.url, PRODUCER_SERVICE=service,
+                    CONSUL_WAIT="2s", DISCOVERY_INITIAL_WAIT=3.0)
+
+
+def producers_answering(client, n=12):
+    return {client.get("/api/weather?zip=10001").get_json().get("producer") for _ in range(n)}
+
+
+def test_discovers_healthy_producers_and_balances_over_them(consul_agent, run_producer,
+                                                            register, make_app, service_name):
+    prods = [run_producer() for _ in range(3)]
+    for p in prods:
+        register(consul_agent, service_name, p)
+    client = consul_consumer(make_app, consul_agent, service_name).test_client()
+    ids = {f"{service_name}-{p.instance}" for p in prods}
+    answered = [client.get("/api/weather?zip=10001").get_json()["producer"] for _ in range(9)]
+    assert {i: answered.count(i) for i in ids} == {i: 3 for i in ids}
+    status = client.get("/api/status").get_json()
+    assert {p["id"] for p in status["producers"]} == ids
+    assert status["discovery"] == {"kind": "consul", "ok": True, "last_error": None}
+    assert client.get("/ready").status_code == 200
+
+
+def test_deregistered_or_failing_producer_leaves_the_rotation(consul_agent, run_producer,
+                                                              register, make_app, service_name,
+                                                              wait_until):
+    prods = [run_producer() for _ in range(2)]
+    regs = [register(consul_agent, service_name, p) for p in prods]
+    app = consul_consumer(make_app, consul_agent, service_name)
+    client = app.test_client()
+    pool = app.extensions["weather_consumer"].pool
+    wait_until(lambda: len(pool.healthy()) == 2, 5, what="two instances")
+    regs[0].stop()  # what a producer does on SIGTERM
+    gone = f"{service_name}-{prods[0].instance}"
+    # The blocking query returns at once: no polling interval to wait for.
+    wait_until(lambda: [i.id for i in pool.healthy()] == [f"{service_name}-{prods[1].instance}"],
+               3, what="deregistration seen")
+    assert producers_answering(client) == {f"{service_name}-{prods[1].instance}"}
+    row = {r["id"]: r for r in client.get("/api/status").get_json()["producers"]}[gone]
+    assert row["healthy"] is False  # still listed on /status as not passing
+
+
+def test_consul_down_keeps_serving_with_the_last_known_list(consul_factory, run_producer,
+                                                            register, make_app, wait_until):
+    agent = consul_factory()
+    service = "weather-producer"
+    prods = [run_producer() for _ in range(2)]
+    for p in prods:
+        register(agent, service, p, ttl="10s")
+    app = consul_consumer(make_app, agent, service)
+    client = app.test_client()
+    ids = {f"{service}-{p.instance}" for p in prods}
+    assert producers_answering(client) == ids
+    agent.stop()
+    rt = app.extensions["weather_consumer"]
+    wait_until(lambda: rt.discovery_status()["ok"] is False, 10, what="watcher notices Consul is down")
+    t0 = time.monotonic()
+    for _ in range(10):
+        r = client.get("/api/weather?zip=10001")
+        assert r.status_code == 200 and r.get_json()["source"] == "producer"
+    assert time.monotonic() - t0 < 2, "requests must not wait on Consul"
+    assert producers_answering(client) == ids
+    assert client.get("/ready").status_code == 200
+    html = client.get("/status").get_data(as_text=True)
+    assert "unreachable, using the last known list" in html
+
+
+def test_consul_down_at_start_then_up(consul_factory, run_producer, register, make_app,
+                                      wait_until):
+    agent = consul_factory(start=False)
+    app = make_app([], CONSUL_HTTP_ADDR=agent.url, CONSUL_WAIT="2s", DISCOVERY_INITIAL_WAIT=0.3)
+    client = app.test_client()
+    r = client.get("/api/weather?zip=10001")
+    assert r.status_code == 503 and "no producer instance is known" in r.get_json()["error"]
+    assert client.get("/ready").status_code == 503
+    agent.start()
+    prod = run_producer()
+    register(agent, "weather-producer", prod)
+    wait_until(lambda: client.get("/api/weather?zip=10001").status_code == 200, 15,
+               what="consumer finds the producer once Consul is up")
+    assert client.get("/ready").status_code == 200
