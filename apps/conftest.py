@@ -61,6 +61,17 @@ from typing import Any, Callable
 import pytest
 import requests
 
+# pytest's importlib mode names test modules after their path (``weather_producer.tests.
+# test_x``) and registers placeholder parent modules. The project dirs have the same names
+# as the packages, so import the real packages first or the placeholders would shadow them.
+import importlib
+
+for _pkg in ("weather_common", "weather_producer", "fake_owm", "weather_consumer"):
+    try:
+        importlib.import_module(_pkg)
+    except ImportError:  # a package not installed yet: its own tests will say so
+        pass
+
 APPS_DIR = Path(__file__).resolve().parent
 REPO_DIR = APPS_DIR.parent
 CONSUL_BIN = "/usr/bin/consul"

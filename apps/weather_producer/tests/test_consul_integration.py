@@ -1,0 +1,96 @@
+"""The producer with a REAL consul agent: registration, KV last-good, SIGTERM under gunicorn."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.consul
+
+SERVICE = "weather-producer"
+
+
+def _service_name() -> str:
+    # a unique service name per test: the session agent is shared
+    return f"weather-producer-{uuid.uuid4().hex[:6]}"
+
+
+def test_registers_with_ttl_check_and_deregisters_on_stop(run_producer, consul_agent, wait_until):
+    name = _service_name()
+    prod = run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_SERVICE_NAME=name, ADVERTISE_PORT=8123,
+                        CONSUL_CHECK_TTL="10s", CONSUL_DEREGISTER_AFTER="1m")
+    entries = wait_until(lambda: consul_agent.passing(name), 10, what="registration")
+    svc = entries[0]["Service"]
+    assert svc["ID"] == f"{name}-{prod.instance}"
+    assert (svc["Address"], svc["Port"]) == ("127.0.0.1", 8123)
+    check = [c for c in entries[0]["Checks"] if c["CheckID"] == f"service:{svc['ID']}"][0]
+    assert check["Status"] == "passing"
+    ready = prod.get("/ready").json()
+    assert ready["consul_registered"] is True and ready["cache_backend"] == "consul"
+    prod.stop()
+    assert consul_agent.passing(name) == []
+
+
+def test_consul_down_at_start_producer_serves_then_registers(run_producer, consul_factory, fake_owm, wait_until):
+    agent = consul_factory(start=False)
+    name = _service_name()
+    t0 = time.monotonic()
+    prod = run_producer(CONSUL_HTTP_ADDR=agent.url, CONSUL_SERVICE_NAME=name, CACHE_KV_PREFIX="t/down")
+    assert time.monotonic() - t0 < 3  # start-up does not wait for Consul
+    r = prod.get(zip="10001")
+    assert r.status_code == 200 and r.json()["stale"] is False  # serves without Consul
+    assert prod.get("/ready").status_code == 200
+    assert prod.producer.registration.registered is False
+    agent.start()
+    wait_until(lambda: len(agent.passing(name)) == 1, 15, what="registration after consul came up")
+    assert prod.producer.registration.registered
+
+
+def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer, consul_agent, fake_owm):
+    prefix = f"weather/cache-{uuid.uuid4().hex[:6]}"
+    common = dict(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_REGISTER=False, CACHE_KV_PREFIX=prefix)
+    a = run_producer(**common)
+    b = run_producer(**common)
+    good = a.get(zip="10001").json()
+    stored = consul_agent.client().kv_get(f"{prefix}/us/10001")
+    assert stored["value"]["city"] == good["city"] and stored["fetched_at"] > 0
+    fake_owm.set_mode("error")
+    # b never fetched 10001 itself: its stale answer comes from a's KV entry
+    r = b.get(zip="10001")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["stale"] is True and body["instance"] == b.instance
+    assert body["temperature_c"] == good["temperature_c"]
+    # a producer restart (a new process = new app, empty memory) still has it
+    a.stop()
+    c = run_producer(**common)
+    body = c.get(zip="10001").json()
+    assert body["stale"] is True and body["city"] == good["city"]
+    # unknown location and OWM down: plain 503
+    assert c.get(zip="10002").status_code == 503
+
+
+def test_gunicorn_sigterm_deregisters(run_producer_gunicorn, consul_agent, fake_owm, owm_key_file, owm_key, wait_until):
+    name = _service_name()
+    instance = f"gunicorn-{uuid.uuid4().hex[:6]}"
+    g = run_producer_gunicorn({
+        "WEATHER_PRODUCER_CONSUL_HTTP_ADDR": consul_agent.url,
+        "WEATHER_PRODUCER_CONSUL_SERVICE_NAME": name,
+        "WEATHER_PRODUCER_OWM_BASE_URL": fake_owm.url,
+        "WEATHER_PRODUCER_OWM_API_KEY_FILE": str(owm_key_file),
+        "WEATHER_PRODUCER_INSTANCE_ID": instance,
+        "WEATHER_PRODUCER_ADVERTISE_ADDRESS": "127.0.0.1",
+    })
+    wait_until(lambda: consul_agent.passing(name), 15, what="gunicorn producer registration")
+    r = requests.get(f"{g.url}/weather", params={"zip": "10001"}, timeout=5)
+    assert r.status_code == 200 and r.json()["instance"] == instance
+    rc = g.terminate()
+    assert rc == 0, g.output()[-2000:]
+    assert consul_agent.passing(name) == []  # gone immediately, not after the TTL
+    assert requests.get(f"{consul_agent.url}/v1/agent/services", timeout=3).json().get(f"{name}-{instance}") is None
+    out = g.output()
+    assert "deregistered" in out
+    assert owm_key not in out
