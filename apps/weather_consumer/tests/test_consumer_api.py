@@ -69,7 +69,9 @@ def test_weather_page_shows_the_answer(client, producer):
 
 
 def test_form_has_labelled_fields(client):
-    html = client.get("/").get_data(as_text=True)
+    resp = client.get("/")
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    html = resp.get_data(as_text=True)
     assert '<label for="zip">' in html and 'id="zip"' in html
     assert '<label for="country">' in html and 'id="country"' in html
 

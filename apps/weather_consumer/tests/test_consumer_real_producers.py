@@ -24,8 +24,11 @@ def test_round_robin_over_three_real_producers(run_producer, make_app):
     client = make_app([p.url for p in producers]).test_client()
     bodies = [api(client, f"1000{i % 5}").get_json() for i in range(30)]
     by_producer = {static_id(p): 0 for p in producers}
+    contract = {"zip", "country", "city", "description", "temperature_c", "observed_at",
+                "instance", "stale", "age_seconds", "message", "source", "producer"}
     for b in bodies:
-        assert b["stale"] is False and b["source"] == "producer"
+        assert contract <= set(b)
+        assert b["stale"] is False and b["source"] == "producer" and b["message"] is None
         by_producer[b["producer"]] += 1
     assert by_producer == {static_id(p): 10 for p in producers}
     # The producer's own instance name is passed through too.

@@ -21,6 +21,9 @@ TITLES = {
     405: "Method not allowed",
     503: "Weather unavailable",
 }
+#: Pages use no scripts, only our stylesheet.
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+       "base-uri 'none'; frame-ancestors 'none'")
 log = logging.getLogger("weather-consumer.errors")
 
 
@@ -39,6 +42,15 @@ def init_app(app: Flask, runtime) -> None:
     init_observability(app, service="weather-consumer", ready_check=runtime.readiness,
                        metrics=runtime.metrics.common,
                        log_level=str(app.config.get("LOG_LEVEL", "INFO")))
+
+    @app.after_request
+    def _security_headers(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy", CSP)
+            resp.headers.setdefault("X-Frame-Options", "DENY")
+            resp.headers.setdefault("Referrer-Policy", "same-origin")
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
