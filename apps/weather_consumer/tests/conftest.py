@@ -6,7 +6,6 @@ apps/conftest.py.
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import subprocess
@@ -16,24 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-
-def _real_package(name: str) -> None:
-    """Work around pytest's importlib mode (see apps/pytest.ini).
-
-    To import this file as ``weather_consumer.tests.conftest`` pytest first imports the
-    project DIRECTORY apps/weather_consumer as a namespace package ``weather_consumer``,
-    which shadows the real package (apps/weather_consumer/weather_consumer). Swap in the
-    real one; pytest's ``weather_consumer.tests`` entry keeps working.
-    """
-    mod = sys.modules.get(name)
-    if mod is not None and getattr(mod, "__file__", None) is None:
-        del sys.modules[name]
-        importlib.import_module(name)
-
-
-_real_package("weather_consumer")
-
-from weather_consumer import create_app  # noqa: E402
+from weather_consumer import create_app
 
 STUB = Path(__file__).with_name("stub_producer.py")
 
