@@ -121,3 +121,24 @@ def test_consul_down_at_start_then_up(consul_factory, run_producer, register, ma
     wait_until(lambda: client.get("/api/weather?zip=10001").status_code == 200, 15,
                what="consumer finds the producer once Consul is up")
     assert client.get("/ready").status_code == 200
+
+
+def test_no_instance_passing_panic_routes_to_recently_known_producers(
+        consul_agent, run_producer, register, make_app, service_name, wait_until):
+    """Heartbeats stop (the producers' Consul path is broken) but the producers live on."""
+    prods = [run_producer() for _ in range(2)]
+    regs = [register(consul_agent, service_name, p) for p in prods]
+    app = consul_consumer(make_app, consul_agent, service_name)
+    client = app.test_client()
+    pool = app.extensions["weather_consumer"].pool
+    wait_until(lambda: len(pool.healthy()) == 2, 5, what="two instances")
+    for reg in regs:
+        reg.stop()
+    wait_until(lambda: pool.healthy() == [], 5, what="no instance passing")
+    ids = {f"{service_name}-{p.instance}" for p in prods}
+    assert producers_answering(client) == ids
+    assert client.get("/ready").status_code == 200
+    prods[0].stop()  # really gone: its breaker ejects it, the other keeps answering
+    answers = [client.get("/api/weather?zip=10001").get_json() for _ in range(8)]
+    assert {a["source"] for a in answers} == {"producer"}
+    assert {a["producer"] for a in answers[-4:]} == {f"{service_name}-{prods[1].instance}"}

@@ -129,3 +129,21 @@ def test_ipv6_base_url():
 def test_parse_producer_urls_rejects_non_http(bad):
     with pytest.raises(ValueError):
         parse_producer_urls(bad)
+
+
+def test_panic_routing_uses_recently_known_instances_when_none_is_passing(pool, clock):
+    fail(pool, "c", 2)
+    pool.update([])
+    assert pool.healthy() == []
+    assert sorted(i.id for i in pool.plan()) == ["a", "b"]  # c stays ejected
+    clock.now += 61
+    pool.update([])
+    assert pool.plan() == [] and pool.known() == []
+
+
+def test_without_panic_routing_no_passing_means_no_plan(clock):
+    p = InstancePool(lambda iid: CircuitBreaker(name=iid, clock=clock), panic_routing=False,
+                     clock=clock)
+    p.update([Instance("a", "10.0.0.1", 8000)])
+    p.update([])
+    assert p.plan() == []

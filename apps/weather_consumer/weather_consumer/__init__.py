@@ -31,8 +31,10 @@ DEFAULTS = {
     # Outlier ejection: breaker per producer instance.
     "BREAKER_FAILURE_THRESHOLD": 3,
     "BREAKER_RECOVERY_TIMEOUT": 10.0,
-    # How long an instance that left Consul's passing list is still shown on /status.
+    # How long an instance that left Consul's passing list is still shown on /status
+    # (and, with PANIC_ROUTING, still tried when NO instance is passing).
     "INSTANCE_FORGET_AFTER": 300.0,
+    "PANIC_ROUTING": True,
     "LOG_LEVEL": "INFO",
     # Start discovery in create_app (tests may start it by hand).
     "START_DISCOVERY": True,

@@ -105,7 +105,7 @@ class Balancer:
         start = self.clock()
         plan = self.pool.plan()
         if not plan:
-            if self.pool.healthy():
+            if self.pool.healthy() or self.pool.known():
                 return Unavailable("every producer instance is ejected after repeated failures")
             return Unavailable("no producer instance is known")
         params = {"zip": zip_code, "country": country}

@@ -68,8 +68,10 @@ class InstancePool:
     """
 
     def __init__(self, breaker_factory: Callable[[str], object], *,
-                 forget_after: float = 300.0, clock: Callable[[], float] = time.monotonic):
+                 forget_after: float = 300.0, panic_routing: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
         self._breaker_factory = breaker_factory
+        self._panic_routing = panic_routing
         self._forget_after = forget_after
         self._clock = clock
         self._lock = threading.Lock()
@@ -103,6 +105,10 @@ class InstancePool:
             self._updated = True
 
     @property
+    def panic_routing(self) -> bool:
+        return self._panic_routing
+
+    @property
     def has_been_updated(self) -> bool:
         """True once discovery has delivered at least one list (even an empty one)."""
         return self._updated
@@ -116,14 +122,28 @@ class InstancePool:
         with self._lock:
             return list(self._healthy)
 
+    def known(self) -> list[Instance]:
+        """Every instance still listed (passing now, or seen passing recently)."""
+        with self._lock:
+            return [inst for inst, _h, _s in self._known.values()]
+
     def plan(self) -> list[Instance]:
         """The order in which one request should try the instances.
 
         Ejected instances (breaker open, recovery timeout not over) are left out; the
         rest is rotated by a shared round-robin counter.
+
+        Panic routing (like Envoy's panic threshold): when discovery says NO instance is
+        passing, the instances seen passing within ``forget_after`` are tried instead -
+        a broken heartbeat path must not take healthy producers out of service. Their
+        breakers still eject the ones that are really gone.
         """
         with self._lock:
-            routable = [i for i in self._healthy
+            candidates = self._healthy
+            if not candidates and self._panic_routing:
+                candidates = sorted((inst for inst, _h, _s in self._known.values()),
+                                    key=lambda i: i.id)
+            routable = [i for i in candidates
                         if getattr(self._breakers[i.id], "state", STATE_CLOSED) != STATE_OPEN]
             if not routable:
                 return []

@@ -51,7 +51,8 @@ class Runtime:
             return breaker
 
         metrics = ConsumerMetrics()
-        pool = InstancePool(breaker_factory, forget_after=float(cfg["INSTANCE_FORGET_AFTER"]))
+        pool = InstancePool(breaker_factory, forget_after=float(cfg["INSTANCE_FORGET_AFTER"]),
+                            panic_routing=bool(cfg["PANIC_ROUTING"]))
         cache = LastGoodCache()
         metrics.bind_pool(pool, cache)
 
@@ -104,6 +105,9 @@ class Runtime:
                    "discovery": self.discovery_status()}
         if details["producers"]:
             details["reason"] = "producer instances known"
+            return True, details
+        if self.pool.known() and self.pool.panic_routing:
+            details["reason"] = "no producer passing in Consul; trying the recently known ones"
             return True, details
         if details["cache_entries"]:
             details["reason"] = "no producer instance known; serving saved answers"
