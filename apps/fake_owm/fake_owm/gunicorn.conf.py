@@ -8,5 +8,7 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = 120
 graceful_timeout = 5
-worker_tmp_dir = "/tmp"
+# heartbeat files: /dev/shm is a writable tmpfs even in a --read-only container
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+control_socket_disable = True  # gunicorn >= 27: no control socket (read-only fs, no $HOME)
 accesslog = None

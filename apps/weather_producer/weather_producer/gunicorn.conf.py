@@ -17,7 +17,9 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 60
 graceful_timeout = 10
-worker_tmp_dir = "/tmp"  # a tmpfs in the read-only container
+# heartbeat files: /dev/shm is a writable tmpfs even in a --read-only container
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+control_socket_disable = True  # gunicorn >= 27: no control socket (read-only fs, no $HOME)
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
