@@ -6,7 +6,6 @@ apps/conftest.py.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

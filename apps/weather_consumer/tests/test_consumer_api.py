@@ -139,3 +139,26 @@ def test_property_never_500_and_400s_carry_a_reason(client, zip_code, country):
                 assert 'id="reason"' in r.get_data(as_text=True)
         if r.status_code == 200 and path == "/api/weather":
             assert r.get_json()["zip"] == zip_code.strip()
+
+
+def test_configuration_from_the_environment(monkeypatch, stubs):
+    from weather_consumer import create_app
+
+    p = stubs(1)[0]
+    monkeypatch.setenv("WEATHER_CONSUMER_PRODUCER_URLS", f'["{p.url}"]')
+    monkeypatch.setenv("WEATHER_CONSUMER_REQUEST_DEADLINE", "0.7")
+    monkeypatch.setenv("WEATHER_CONSUMER_DEFAULT_COUNTRY", "de")
+    app = create_app({"TESTING": True})
+    try:
+        rt = app.extensions["weather_consumer"]
+        assert rt.balancer.deadline == 0.7
+        body = app.test_client().get("/api/weather?zip=10115").get_json()
+        assert body["country"] == "de" and body["producer"] == p.instance_id
+    finally:
+        app.extensions["weather_consumer"].close()
+    # test_config wins over the environment
+    app = create_app({"REQUEST_DEADLINE": 1.1, "PRODUCER_URLS": p.url})
+    try:
+        assert app.extensions["weather_consumer"].balancer.deadline == 1.1
+    finally:
+        app.extensions["weather_consumer"].close()

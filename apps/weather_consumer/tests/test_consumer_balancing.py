@@ -8,7 +8,6 @@ import time
 import pytest
 
 
-
 def get(client, zip_code="10001", country=None):
     qs = {"zip": zip_code}
     if country:

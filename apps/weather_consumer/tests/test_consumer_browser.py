@@ -10,7 +10,6 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
-
 from weather_consumer.service import CONSUMER_STALE_MESSAGE
 
 pytestmark = pytest.mark.browser

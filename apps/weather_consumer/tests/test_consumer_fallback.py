@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from weather_consumer.service import CONSUMER_STALE_MESSAGE, PRODUCER_STALE_MESSAGE
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from weather_common.breaker import CircuitBreaker, CircuitOpenError
-
 from weather_consumer.pool import Instance, InstancePool, parse_producer_urls
 
 

@@ -7,7 +7,6 @@ import threading
 import time
 
 import requests
-
 from weather_consumer.service import CONSUMER_STALE_MESSAGE, PRODUCER_STALE_MESSAGE
 
 

@@ -52,5 +52,6 @@ class LastGoodCache:
         rows = []
         for key, entry in self._store.items():
             country, _, zip_code = key.partition("/")
-            rows.append({"zip": zip_code, "country": country, "age_seconds": entry.age_seconds(now)})
+            rows.append({"zip": zip_code, "country": country,
+                         "age_seconds": entry.age_seconds(now)})
         return rows

@@ -15,7 +15,8 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 # heartbeat files: /dev/shm is a writable tmpfs even in a --read-only container
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+_shm_ok = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+worker_tmp_dir = "/dev/shm" if _shm_ok else None
 control_socket_disable = True  # gunicorn >= 27: no control socket (read-only fs, no $HOME)
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
