@@ -71,7 +71,7 @@ def test_kv_json_roundtrip(consul_agent):
     assert c.kv_get(key) is None
 
 
-def test_token_is_read_from_file_and_sent(consul_agent, tmp_path, wsgi_server):
+def test_token_is_read_from_file_and_sent(tmp_path, wsgi_server):
     # A tiny echo server shows the header the client sends.
     from flask import Flask, jsonify, request
 
@@ -94,6 +94,9 @@ def test_token_is_read_from_file_and_sent(consul_agent, tmp_path, wsgi_server):
     os.utime(token, (time.time() + 5, time.time() + 5))
     c.leader()
     assert seen == ["tok-1", "tok-2"]
+    from weather_common.observability import redact
+
+    assert "tok-2" not in redact("consul said tok-2")  # the token is masked in logs
 
 
 def test_unreachable_consul_raises_consul_unavailable():

@@ -127,6 +127,10 @@ class ConsulClient:
             if mtime != self._token_mtime:
                 self._token_mtime = mtime
                 self._token = _read_token(self.token_file)
+                if self._token:
+                    from .observability import register_secret  # lazy: no Flask import cycle
+
+                    register_secret(self._token)
             token = self._token
         return {"X-Consul-Token": token} if token else {}
 
