@@ -7,7 +7,7 @@ so load-balancer tests can make one instance fail, hang or go stale:
                   "temperature": c}
     GET  /_hits  -> {"weather": <number of /weather requests served>}
 
-Run: ``python stub_producer.py <instance-name> [port]``; it prints its port on the first line.
+Run: ``python stub_producer.py <instance-name> [port [host]]``; it prints its port on the first line.
 It is its own process so a test can SIGKILL it like a crashed producer.
 """
 
@@ -85,7 +85,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever(poll_interval=0.1)
