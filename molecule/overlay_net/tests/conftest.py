@@ -1,22 +1,8 @@
-"""Shared fixtures: the two nodes, the lab image on them, and playbook runs from the tests."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Fixtures: the scenario's two nodes as Testinfra hosts."""
 
 import pytest
-import testinfra
 
-MANAGER = "ov-manager"
-WORKER = "ov-worker"
-NETWORK = "lab_overlay"
-LAB_IMAGE = "lab/busybox:latest"
-
-
-def node(name):
-    """A Testinfra host for a lab node (Molecule reaches the nodes with `docker exec` too)."""
-    return testinfra.get_host(f"docker://{name}")
+from helpers import MANAGER, WORKER, node
 
 
 @pytest.fixture(scope="session")
@@ -27,32 +13,3 @@ def manager():
 @pytest.fixture(scope="session")
 def worker():
     return node(WORKER)
-
-
-def import_lab_image(host):
-    """Import the node's busybox rootfs (its own architecture) into its daemon, once."""
-    host.run_test(
-        f"docker image inspect {LAB_IMAGE} >/dev/null 2>&1 || "
-        f"tar -C /opt/lab/busybox-rootfs -c . | docker import - {LAB_IMAGE}"
-    )
-    return LAB_IMAGE
-
-
-def run_playbook(playbook, *extra_args):
-    """Run a playbook against this scenario's nodes, as Molecule's converge does.
-
-    Molecule gives the verifier its environment (ANSIBLE_CONFIG, ANSIBLE_ROLES_PATH,
-    MOLECULE_*), so this is the same inventory and configuration as converge.
-    """
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-    ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
-    return subprocess.run(
-        [str(ansible_playbook), "-i", str(inventory), str((scenario / playbook).resolve()), *extra_args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        # One line per result: messages are matched as plain substrings.
-        env={**os.environ, "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_FORCE_COLOR": "false"},
-        check=False,
-    )

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import LAB_IMAGE, MANAGER, NETWORK, WORKER, import_lab_image
+from helpers import LAB_IMAGE, MANAGER, NETWORK, WORKER, import_lab_image
 
 ALIAS = "echo"
 LABELS = {MANAGER: {"tier": "core", "board": "nuc"}, WORKER: {"tier": "edge", "board": "rpi4"}}

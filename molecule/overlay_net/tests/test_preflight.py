@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import MANAGER, WORKER, run_playbook
+from helpers import MANAGER, WORKER, run_playbook
 
 SECRET_NET = "lab_secret"
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import LAB_IMAGE, MANAGER, NETWORK, WORKER, import_lab_image, run_playbook
+from helpers import LAB_IMAGE, MANAGER, NETWORK, WORKER, import_lab_image, run_playbook
 
 WATCHER = "ov-attached-watcher"
 
