@@ -1,0 +1,186 @@
+"""Verify the consul_kv role: a server on an amd64 node, a client agent on an emulated arm64 Pi."""
+
+import json
+import time
+
+import pytest
+from conftest import http, node
+
+SERVERS = {"ck-manager"}
+PREFIX = "weather/"
+
+
+def consul_cli(host, args, token):
+    """Run the consul CLI inside the node's agent container."""
+    return host.check_output(f"docker exec consul consul {args} -token={token}")
+
+
+def test_container_on_host_network(host):
+    """The agent runs as a container on the host network and restarts with the node."""
+    info = json.loads(host.check_output("docker inspect consul"))[0]
+    assert info["State"]["Running"] is True
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+
+
+def test_agent_runs_as_image_user(host):
+    """The agent runs as the image's consul user, which owns the data directory."""
+    image_id = host.check_output("docker run --rm --entrypoint id hashicorp/consul:1.8.7")
+    assert image_id.startswith("uid=100(consul) gid=1000(consul)")
+    assert host.check_output("docker inspect consul --format '{{ .Config.User }}'") == "100:1000"
+    data = host.file("/var/lib/consul")
+    assert (data.uid, data.gid) == (100, 1000)
+    assert host.file("/var/lib/consul/node-id").exists
+
+
+def test_config_not_world_readable(host):
+    """The configuration (gossip key, tokens) is readable by root and the agent's group only."""
+    config = host.file("/etc/consul.d/consul.hcl")
+    assert config.mode == 0o640
+    assert (config.uid, config.gid) == (0, 1000)
+
+
+def test_management_token_only_on_servers(host, tokens):
+    """Only servers carry the management token in their configuration."""
+    content = host.file("/etc/consul.d/consul.hcl").content_string
+    assert (tokens["management"] in content) is (host.backend.hostname in SERVERS)
+
+
+def test_all_members_alive(host, tokens):
+    """Every agent sees both nodes alive, the manager as server and the Pi as client."""
+    lines = consul_cli(host, "members", tokens["management"]).splitlines()[1:]
+    members = {line.split()[0]: line.split() for line in lines}
+    assert set(members) == {"ck-manager", "ck-pi1"}
+    assert all(fields[2] == "alive" for fields in members.values())
+    assert members["ck-manager"][3] == "server" and members["ck-pi1"][3] == "client"
+
+
+def test_exactly_one_leader(host, tokens):
+    """The raft cluster has exactly one voter, the leader, and every agent agrees on it."""
+    peers = consul_cli(host, "operator raft list-peers", tokens["management"]).splitlines()[1:]
+    assert len(peers) == 1
+    assert peers[0].split()[0] == "ck-manager" and "leader" in peers[0].split()
+    leader = http(host, "GET", "/v1/status/leader").json()
+    assert leader.endswith(":8300")
+    assert leader == http(node("ck-manager"), "GET", "/v1/status/leader").json()
+
+
+def test_gossip_encrypted(host, tokens):
+    """Gossip between the agents is encrypted."""
+    agent = http(host, "GET", "/v1/agent/self", tokens["management"])
+    assert agent.status == 200
+    assert agent.json()["Stats"]["serf_lan"]["encrypted"] == "true"
+
+
+def test_kv_write_without_token_denied(host):
+    """Default deny: an anonymous KV write is refused with 403."""
+    assert http(host, "PUT", f"/v1/kv/{PREFIX}verify/anonymous", body="x").status == 403
+
+
+def test_anonymous_cannot_list_members(host):
+    """Default deny: without a token the catalog shows no nodes."""
+    resp = http(host, "GET", "/v1/catalog/nodes")
+    assert resp.status == 200 and resp.json() == []
+
+
+def test_producer_writes_under_prefix(host, tokens):
+    """The producer's token may write KV under the app prefix."""
+    key = f"{PREFIX}cache/verify-{host.backend.hostname}"
+    resp = http(host, "PUT", f"/v1/kv/{key}", tokens["producer"], body="ok")
+    assert (resp.status, resp.text.strip()) == (200, "true")
+    assert http(host, "GET", f"/v1/kv/{key}?raw", tokens["producer"]).text == "ok"
+    http(host, "DELETE", f"/v1/kv/{key}", tokens["producer"])
+
+
+def test_producer_denied_outside_prefix(host, tokens):
+    """The producer's token may not write KV outside the app prefix."""
+    assert http(host, "PUT", "/v1/kv/other/verify", tokens["producer"], body="x").status == 403
+
+
+def test_consumer_reads_health(host, tokens):
+    """The consumer's token may read the producers' health."""
+    resp = http(host, "GET", "/v1/health/service/weather-producer", tokens["consumer"])
+    assert resp.status == 200 and isinstance(resp.json(), list)
+
+
+def test_consumer_cannot_write_kv(host, tokens):
+    """The consumer's token may not write KV, not even under the app prefix."""
+    assert http(host, "PUT", f"/v1/kv/{PREFIX}verify/consumer", tokens["consumer"], body="x").status == 403
+
+
+def test_consumer_cannot_register_service(host, tokens):
+    """The consumer's token may not register a producer."""
+    body = json.dumps({"Name": "weather-producer", "ID": "weather-producer-intruder", "Port": 8000})
+    assert http(host, "PUT", "/v1/agent/service/register", tokens["consumer"], body=body).status == 403
+
+
+def test_seeded_values_present(host, tokens, inventory_vars):
+    """The inventory's settings are in KV under the prefix, readable with the consumer's token."""
+    for key, value in inventory_vars["consul_kv_seed"].items():
+        resp = http(host, "GET", f"/v1/kv/{PREFIX}{key}?raw", tokens["consumer"])
+        assert (resp.status, resp.text) == (200, value if isinstance(value, str) else json.dumps(value))
+
+
+def test_http_api_not_on_lan(host, bridge_gateway):
+    """Port 8500 listens on loopback and the Docker bridge gateway only, never on the LAN or 0.0.0.0."""
+    listeners = host.check_output("ss -Hltn 'sport = :8500' | awk '{print $4}'").split()
+    assert sorted(addr.rsplit(":", 1)[0] for addr in listeners) == sorted(["127.0.0.1", bridge_gateway])
+    lan = json.loads(host.file("/etc/ansible/facts.d/consul_kv.fact").content_string)["bind_address"]
+    refused = host.run(f"python3 -c 'import socket; socket.create_connection((\"{lan}\", 8500), 5)'")
+    assert refused.rc != 0 and "Connection refused" in refused.stderr
+
+
+def test_http_api_reachable_from_containers(host):
+    """A container on the node's default bridge reaches the agent through `host-gateway`."""
+    host.run_test(
+        "docker image inspect lab/busybox:latest >/dev/null 2>&1 || "
+        "tar -C /opt/lab/busybox-rootfs -c . | docker import - lab/busybox:latest"
+    )
+    leader = host.check_output(
+        "docker run --rm --add-host consul-agent:host-gateway lab/busybox:latest "
+        "wget -qO- http://consul-agent:8500/v1/status/leader"
+    )
+    assert leader.endswith(':8300"')
+
+
+def test_ui_only_on_servers(host):
+    """The web UI is served by the server and not by client agents."""
+    status = http(host, "GET", "/ui/").status
+    assert (status == 200) is (host.backend.hostname in SERVERS)
+
+
+def test_local_facts_published(host, bridge_gateway):
+    """Other roles find the agent's container-facing address in local facts, and no secret."""
+    raw = host.file("/etc/ansible/facts.d/consul_kv.fact").content_string
+    facts = json.loads(raw)
+    assert facts["http_addr"] == f"http://{bridge_gateway}:8500"
+    assert facts["server"] is (host.backend.hostname in SERVERS)
+    assert facts["kv_prefix"] == PREFIX
+    assert "token" not in raw.lower()
+
+
+def test_service_from_pi_healthy_on_manager(tokens):
+    """A producer registered through the Pi's agent, TTL check passed, is seen healthy from the manager."""
+    pi, manager = node("ck-pi1"), node("ck-manager")
+    service_id = "weather-producer-verify"
+    registration = {
+        "Name": "weather-producer",
+        "ID": service_id,
+        "Port": 8000,
+        "Check": {"CheckID": f"{service_id}-ttl", "TTL": "60s", "DeregisterCriticalServiceAfter": "5m"},
+    }
+    resp = http(pi, "PUT", "/v1/agent/service/register", tokens["producer"], body=json.dumps(registration))
+    assert resp.status == 200, resp.text
+    try:
+        assert http(pi, "PUT", f"/v1/agent/check/pass/{service_id}-ttl", tokens["producer"]).status == 200
+        seen = []
+        for _ in range(30):
+            seen = http(manager, "GET", "/v1/health/service/weather-producer?passing", tokens["consumer"]).json()
+            if any(entry["Service"]["ID"] == service_id for entry in seen):
+                break
+            time.sleep(2)
+        entry = next(entry for entry in seen if entry["Service"]["ID"] == service_id)
+        assert entry["Node"]["Node"] == "ck-pi1"
+        assert all(check["Status"] == "passing" for check in entry["Checks"])
+    finally:
+        http(pi, "PUT", f"/v1/agent/service/deregister/{service_id}", tokens["producer"])
