@@ -1,0 +1,240 @@
+"""Verify the private_registry role: a TLS + htpasswd registry on the manager (amd64),
+trusted by every node, used by an (emulated) arm64 Pi."""
+
+import json
+import os
+import time
+
+import pytest
+import testinfra
+
+MANAGER = "pr-manager"
+WORKER = "pr-pi1"
+REGISTRY = "pr-manager:5443"
+CONTAINER = "private-registry"
+CA = "/etc/private-registry/ca/ca.crt"
+CA_KEY = "/etc/private-registry/ca/ca.key"
+SERVER_CERT = "/etc/private-registry/tls/server.crt"
+HTPASSWD = "/etc/private-registry/auth/htpasswd"
+CERTS_D_CA = f"/etc/docker/certs.d/{REGISTRY}/ca.crt"
+SOURCE = "busybox:1.37.0"  # served by the lab mirror (manifest list amd64 + arm64)
+PUSHED = f"{REGISTRY}/lab/busybox:test"
+
+# A tiny HTTP client on the node (the nodes have python3, not curl): prints the
+# status code and the start of the body, or the error.
+HTTP_PROBE = """
+import ssl, sys, urllib.error, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None
+try:
+    r = urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10)
+    print(r.status, r.read(200).decode(errors="replace"))
+except urllib.error.HTTPError as e:
+    print(e.code, e.read(200).decode(errors="replace"))
+"""
+
+
+def _node(name):
+    return testinfra.get_host(
+        f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}"
+    )
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return _node(MANAGER)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return _node(WORKER)
+
+
+@pytest.fixture(scope="module")
+def credentials(manager):
+    """The registry user and password, from the scenario's inventory."""
+    variables = manager.ansible.get_variables()
+    return variables.get("private_registry_username", "weather"), variables["private_registry_password"]
+
+
+def _login(node, credentials):
+    user, password = credentials
+    node.run_test(f"printf '%s' '{password}' | docker login -u {user} --password-stdin {REGISTRY}")
+
+
+def _probe(node, url, cafile=None):
+    args = f" {cafile}" if cafile else ""
+    return node.check_output(f"python3 -c '{HTTP_PROBE}' {url}{args}")
+
+
+def _repo_digest(node, image):
+    digests = json.loads(node.check_output(f"docker image inspect -f '{{{{json .RepoDigests}}}}' {image}"))
+    return [d for d in digests if d.startswith(f"{REGISTRY}/lab/busybox@")]
+
+
+def _forget_image(node, image):
+    """Remove the image and every tag of it, so a pull must fetch its layers again."""
+    node.run(f"docker image rm -f $(docker image inspect -f '{{{{.Id}}}}' {image} 2>/dev/null) 2>/dev/null")
+
+
+def _wait_until_answering(node):
+    for _ in range(60):
+        if _probe(node, f"https://{REGISTRY}/v2/", CERTS_D_CA).startswith("401"):
+            return
+        time.sleep(2)
+    pytest.fail("the registry did not answer again")
+
+
+@pytest.fixture(scope="module")
+def pushed(manager, credentials):
+    """The manager logs in, tags the arm64 busybox as <registry>/lab/busybox:test and pushes it."""
+    _login(manager, credentials)
+    manager.run_test(f"docker pull -q --platform linux/arm64 {SOURCE}")
+    manager.run_test(f"docker tag {SOURCE} {PUSHED}")
+    manager.run_test(f"docker push {PUSHED}")
+    digests = _repo_digest(manager, PUSHED)
+    assert len(digests) == 1
+    return digests[0]
+
+
+def test_ca_installed_on_every_node(host, manager):
+    """Every node trusts the registry's CA at /etc/docker/certs.d/<host:port>/ca.crt."""
+    installed = host.file(CERTS_D_CA)
+    assert installed.is_file
+    assert installed.user == "root"
+    assert installed.mode == 0o644
+    assert installed.content_string == manager.file(CA).content_string
+
+
+def test_ca_key_stays_on_the_manager(host):
+    """The CA key exists on the manager only, readable by root only."""
+    key = host.file(CA_KEY)
+    if host.backend.hostname == MANAGER:
+        assert key.is_file
+        assert key.user == "root"
+        assert key.mode == 0o600
+    else:
+        assert not host.file("/etc/private-registry").exists
+
+
+def test_server_cert_verifies_against_ca(manager):
+    """The registry's certificate is signed by the CA."""
+    out = manager.check_output(f"openssl verify -CAfile {CA} {SERVER_CERT}")
+    assert out == f"{SERVER_CERT}: OK"
+
+
+def test_server_cert_names(manager):
+    """The certificate names the manager by hostname and by its IP address."""
+    ip = manager.ansible("setup", "filter=ansible_default_ipv4")["ansible_facts"]["ansible_default_ipv4"]["address"]
+    out = manager.check_output(f"openssl x509 -in {SERVER_CERT} -noout -ext subjectAltName")
+    names = [n.strip() for n in out.splitlines()[1].split(",")]
+    assert sorted(names) == sorted([f"DNS:{MANAGER}", f"IP Address:{ip}"])
+
+
+def test_server_cert_is_for_servers_only(manager):
+    """The certificate is a leaf for TLS servers, not a CA."""
+    out = manager.check_output(
+        f"openssl x509 -in {SERVER_CERT} -noout -ext basicConstraints,extendedKeyUsage"
+    )
+    assert "CA:FALSE" in out
+    assert "TLS Web Server Authentication" in out
+
+
+def test_registry_container_hardened(manager):
+    """The registry runs as the non-root uid 1001, restarts unless stopped, config read-only."""
+    info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
+    assert info["State"]["Running"]
+    assert info["Config"]["User"] == "1001:1001"
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/etc/docker/registry/config.yml"]["RW"] is False
+    assert mounts["/var/lib/registry"]["Source"] == "/var/lib/private-registry"
+
+
+def test_registry_healthy(manager):
+    """Docker's healthcheck (the registry's own /debug/health) reports healthy."""
+    for _ in range(30):
+        status = manager.check_output(f"docker inspect -f '{{{{.State.Health.Status}}}}' {CONTAINER}")
+        if status == "healthy":
+            return
+        time.sleep(2)
+    pytest.fail(f"registry health: {status}")
+
+
+def test_data_dir_owned_by_registry_user(manager):
+    """The host directory with the image data belongs to the registry's uid."""
+    data = manager.file("/var/lib/private-registry")
+    assert data.is_directory
+    assert data.uid == 1001
+    assert data.mode == 0o750
+
+
+def test_htpasswd_holds_a_bcrypt_hash(manager, credentials):
+    """The htpasswd file has the user's bcrypt hash, not the password, and only the registry can read it."""
+    user, password = credentials
+    htpasswd = manager.file(HTPASSWD)
+    assert htpasswd.mode == 0o640
+    assert htpasswd.gid == 1001
+    assert htpasswd.content_string.startswith(f"{user}:$2b$12$")
+    assert password not in htpasswd.content_string
+
+
+def test_plain_http_refused(worker):
+    """A plain-HTTP client is refused: the registry speaks TLS only."""
+    out = _probe(worker, f"http://{REGISTRY}/v2/")
+    assert out.startswith("400")
+    assert "Client sent an HTTP request to an HTTPS server" in out
+
+
+def test_anonymous_api_refused(worker):
+    """Over TLS (verified against the installed CA), the API without credentials answers 401."""
+    out = _probe(worker, f"https://{REGISTRY}/v2/", CERTS_D_CA)
+    assert out.startswith("401")
+
+
+def test_wrong_password_refused(worker, credentials):
+    """docker login with a wrong password is refused."""
+    user, _ = credentials
+    cmd = worker.run(f"printf wrong-password | docker login -u {user} --password-stdin {REGISTRY}")
+    assert cmd.rc != 0
+    assert "unauthorized" in cmd.stderr.lower()
+
+
+def test_unauthenticated_push_refused(worker):
+    """A node that has not logged in cannot push."""
+    worker.run_test(f"docker logout {REGISTRY}")
+    worker.run_test(f"docker pull -q {SOURCE}")
+    worker.run_test(f"docker tag {SOURCE} {REGISTRY}/lab/busybox:anonymous")
+    cmd = worker.run(f"docker push {REGISTRY}/lab/busybox:anonymous")
+    assert cmd.rc != 0
+    assert "no basic auth credentials" in cmd.stderr
+
+
+def test_push_from_manager_pull_on_pi_same_digest(worker, credentials, pushed):
+    """An image pushed from the manager is pulled by the arm64 Pi with the same digest."""
+    _login(worker, credentials)
+    _forget_image(worker, PUSHED)
+    worker.run_test(f"docker pull {PUSHED}")
+    assert _repo_digest(worker, PUSHED) == [pushed]
+
+
+def test_pulled_image_runs_on_pi(worker, credentials, pushed):
+    """The image pulled from the registry runs natively on the Pi."""
+    _login(worker, credentials)
+    worker.run_test(f"docker image inspect {PUSHED} >/dev/null 2>&1 || docker pull -q {PUSHED}")
+    assert worker.check_output(f"docker run --rm {PUSHED} uname -m") == "aarch64"
+
+
+def test_data_survives_registry_restart(manager, worker, credentials, pushed):
+    """After the registry container restarts, the pushed image is still there to pull."""
+    manager.run_test(f"docker restart {CONTAINER}")
+    _wait_until_answering(worker)
+    _login(worker, credentials)
+    _forget_image(worker, PUSHED)
+    worker.run_test(f"docker pull {PUSHED}")
+    assert _repo_digest(worker, PUSHED) == [pushed]
+
+
+def test_local_facts_published(manager):
+    """Other roles can read the registry's address and CA path from local facts."""
+    facts = json.loads(manager.file("/etc/ansible/facts.d/private_registry.fact").content_string)
+    assert facts == {"address": REGISTRY, "ca_cert_path": CA, "username": "weather"}
