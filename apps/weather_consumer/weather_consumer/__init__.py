@@ -24,8 +24,11 @@ DEFAULTS = {
     "CONSUL_WAIT": "30s",  # blocking-query wait
     "DISCOVERY_INITIAL_WAIT": 1.0,  # s the factory waits for Consul's first answer
     # Load balancing: one overall deadline per user request, per-try timeouts within it.
-    "REQUEST_DEADLINE": 2.0,
-    "PER_TRY_TIMEOUT": 1.0,
+    # PER_TRY_TIMEOUT must exceed the producer's worst OWM call (connect 0.5 + read 1.0 s)
+    # plus a margin, so a producer whose OWM hangs can still answer from its stale copy;
+    # the deadline leaves a second full try when the first instance hangs (README "Timeouts").
+    "REQUEST_DEADLINE": 4.0,
+    "PER_TRY_TIMEOUT": 2.0,
     "CONNECT_TIMEOUT": 0.25,
     "MAX_ATTEMPTS": 3,
     # Outlier ejection: breaker per producer instance.

@@ -54,7 +54,7 @@ class Unavailable:
 
 class Balancer:
     def __init__(self, pool: InstancePool, session: requests.Session, *,
-                 deadline: float = 2.0, per_try_timeout: float = 1.0,
+                 deadline: float = 4.0, per_try_timeout: float = 2.0,
                  connect_timeout: float = 0.25, max_attempts: int = 3,
                  circuit_open_errors: tuple[type[BaseException], ...] = (),
                  observe: Callable[[str, str, float], None] | None = None,

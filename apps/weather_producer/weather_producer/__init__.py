@@ -32,8 +32,11 @@ EXTENSION = "weather_producer"
 DEFAULTS: dict[str, Any] = {
     "OWM_BASE_URL": "https://api.openweathermap.org",
     "OWM_API_KEY_FILE": None,         # secret: a file, never an env value
-    "OWM_CONNECT_TIMEOUT": 3.05,
-    "OWM_READ_TIMEOUT": 5.0,
+    # OWM timeouts: their sum (1.5 s, the worst case of one OWM call) must stay below the
+    # consumer's PER_TRY_TIMEOUT (2.0 s), or the consumer gives up on a producer that is
+    # about to serve its stale answer (see README "Timeouts").
+    "OWM_CONNECT_TIMEOUT": 0.5,
+    "OWM_READ_TIMEOUT": 1.0,
     "OWM_MAX_CALLS_PER_MINUTE": 60,   # quota guard (0 = off)
     "CACHE_TTL": 60,                  # seconds an answer is fresh
     "DEFAULT_COUNTRY": "us",

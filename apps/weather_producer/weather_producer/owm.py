@@ -88,7 +88,7 @@ def _iso_utc(epoch: Any) -> str | None:
 class OwmClient:
     """Calls ``/data/2.5/weather`` on one ``requests.Session`` with timeouts."""
 
-    def __init__(self, base_url: str, key: ApiKeyFile, connect_timeout: float = 3.05, read_timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, key: ApiKeyFile, connect_timeout: float = 0.5, read_timeout: float = 1.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.timeout = (connect_timeout, read_timeout)
