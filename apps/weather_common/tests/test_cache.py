@@ -128,3 +128,72 @@ def test_consul_store_falls_back_to_memory_when_consul_is_down(consul_factory):
         store.get("us/1")
     assert time.monotonic() - t0 < 5
     assert store.breaker.state == "open"
+
+
+# ------------------------------------------------------------------ bounded size (LRU)
+def test_fresh_cache_get_or_load_evicts_least_recently_used():
+    cache: FreshCache[str] = FreshCache(ttl=60, max_entries=3)
+    for k in ("a", "b", "c"):
+        cache.get_or_load(k, lambda k=k: k.upper())
+    cache.get_or_load("a", lambda: pytest.fail("a is fresh: no load"))  # a is now most recent
+    cache.get_or_load("d", lambda: "D")  # evicts b, the least recently used
+    assert len(cache) == 3 and cache.evictions == 1
+    assert cache.get("b") is None
+    assert [cache.get(k).value for k in ("a", "c", "d")] == ["A", "C", "D"]
+    loads = cache.loads
+    entry, hit = cache.get_or_load("b", lambda: "B2")  # reloaded, not served from nowhere
+    assert (entry.value, hit, cache.loads) == ("B2", False, loads + 1)
+    assert len(cache) == 3
+
+
+def test_fresh_cache_stays_bounded_under_many_keys_and_threads():
+    cache: FreshCache[int] = FreshCache(ttl=60, max_entries=50)
+
+    def worker(base: int) -> None:
+        for i in range(500):
+            cache.get_or_load(f"{base}-{i}", lambda i=i: i)
+            cache.put(f"p{base}-{i}", i)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 50
+    assert cache.evictions == 4 * 1000 - 50
+
+
+def test_fresh_cache_rejects_a_zero_bound():
+    with pytest.raises(ValueError):
+        FreshCache(ttl=1, max_entries=0)
+
+
+def test_memory_last_good_store_is_bounded_lru():
+    store = MemoryLastGoodStore(max_entries=2)
+    store.put("us/1", {"v": 1})
+    store.put("us/2", {"v": 2})
+    assert store.get("us/1").value == {"v": 1}  # us/1 now most recently used
+    store.put("us/3", {"v": 3})  # evicts us/2
+    assert store.get("us/2") is None
+    assert [k for k, _ in store.items()] == ["us/1", "us/3"]
+    assert len(store) == 2 and store.evictions == 1
+    # An older answer for a known key does not replace the newer one, but counts as a use.
+    store.put("us/1", {"v": "old"}, fetched_at=0)
+    store.put("us/4", {"v": 4})  # evicts us/3
+    assert store.get("us/1").value == {"v": 1} and store.get("us/3") is None
+
+
+def test_memory_last_good_store_bounded_under_threads():
+    store = MemoryLastGoodStore(max_entries=100)
+
+    def worker(base: int) -> None:
+        for i in range(1000):
+            store.put(f"{base}/{i}", i)
+            store.get(f"{base}/{i // 2}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store) == 100 and len(store.items()) == 100

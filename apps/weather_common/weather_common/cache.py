@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar
 
@@ -65,26 +66,31 @@ class _Flight:
 
 
 class FreshCache(Generic[V]):
-    """A TTL cache with single-flight loading.
+    """A TTL cache with single-flight loading, bounded in size (LRU).
 
     Args:
         ttl: seconds an entry stays fresh.
         clock: wall clock (``time.time``); tests may inject one.
-        max_entries: entries beyond this are evicted oldest-first.
+        max_entries: at most this many entries are kept; storing one more evicts the
+            least recently used (read or written) entry.
 
-    ``hits`` / ``misses`` / ``loads`` count lookups and loader calls.
+    ``hits`` / ``misses`` / ``loads`` count lookups and loader calls; ``evictions`` counts
+    entries dropped to stay within ``max_entries``.
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.time, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
         self.ttl = float(ttl)
         self._clock = clock
-        self.max_entries = max_entries
-        self._data: dict[Hashable, Entry[V]] = {}
+        self.max_entries = int(max_entries)
+        self._data: OrderedDict[Hashable, Entry[V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.loads = 0
+        self.evictions = 0
 
     def get(self, key: Hashable) -> Entry[V] | None:
         """The fresh entry for ``key`` or None (does not count hits/misses)."""
@@ -94,16 +100,21 @@ class FreshCache(Generic[V]):
     def _fresh_locked(self, key: Hashable) -> Entry[V] | None:
         entry = self._data.get(key)
         if entry is not None and self._clock() - entry.fetched_at < self.ttl:
+            self._data.move_to_end(key)
             return entry
         return None
+
+    def _store_locked(self, key: Hashable, entry: Entry[V]) -> None:
+        self._data[key] = entry
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+            self.evictions += 1
 
     def put(self, key: Hashable, value: V, fetched_at: float | None = None) -> Entry[V]:
         entry = Entry(value, self._clock() if fetched_at is None else fetched_at)
         with self._lock:
-            self._data[key] = entry
-            if len(self._data) > self.max_entries:
-                oldest = min(self._data, key=lambda k: self._data[k].fetched_at)
-                del self._data[oldest]
+            self._store_locked(key, entry)
         return entry
 
     def get_or_load(self, key: Hashable, loader: Callable[[], V | Entry[V]], timeout: float | None = None) -> tuple[Entry[V], bool]:
@@ -136,7 +147,7 @@ class FreshCache(Generic[V]):
             result = loader()
             entry = result if isinstance(result, Entry) else Entry(result, self._clock())
             with self._lock:
-                self._data[key] = entry
+                self._store_locked(key, entry)
             flight.entry = entry
             return entry, False
         except BaseException as exc:
@@ -167,17 +178,29 @@ class LastGoodStore(Protocol):
 
 
 class MemoryLastGoodStore:
-    """Process-local last-good store (thread-safe)."""
+    """Process-local last-good store (thread-safe), bounded in size (LRU).
+
+    Args:
+        max_entries: at most this many keys are kept; storing a new key beyond it evicts
+            the least recently used one (read by :meth:`get` or written by :meth:`put`).
+    """
 
     backend = "memory"
 
-    def __init__(self) -> None:
-        self._data: dict[str, Entry[Any]] = {}
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = int(max_entries)
+        self._data: OrderedDict[str, Entry[Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self.evictions = 0
 
     def get(self, key: str) -> Entry[Any] | None:
         with self._lock:
-            return self._data.get(key)
+            entry = self._data.get(key)
+            if entry is not None:
+                self._data.move_to_end(key)
+            return entry
 
     def put(self, key: str, value: Any, fetched_at: float | None = None) -> Entry[Any]:
         entry = Entry(value, time.time() if fetched_at is None else fetched_at)
@@ -185,11 +208,19 @@ class MemoryLastGoodStore:
             current = self._data.get(key)
             if current is None or current.fetched_at <= entry.fetched_at:
                 self._data[key] = entry
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+                self.evictions += 1
         return entry
 
     def items(self) -> list[tuple[str, Entry[Any]]]:
         with self._lock:
             return sorted(self._data.items())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
 
 
 class ConsulLastGoodStore:
@@ -207,10 +238,11 @@ class ConsulLastGoodStore:
         client: ConsulClient,
         prefix: str = "weather/cache",
         breaker: CircuitBreaker | None = None,
+        max_entries: int = 10_000,
     ) -> None:
         self.client = client
         self.prefix = prefix.strip("/")
-        self.memory = MemoryLastGoodStore()
+        self.memory = MemoryLastGoodStore(max_entries=max_entries)
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=3, recovery_timeout=5, expected_exception=ConsulError, name="consul-kv"
         )

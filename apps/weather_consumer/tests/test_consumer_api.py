@@ -162,3 +162,11 @@ def test_configuration_from_the_environment(monkeypatch, stubs):
         assert app.extensions["weather_consumer"].balancer.deadline == 1.1
     finally:
         app.extensions["weather_consumer"].close()
+
+
+def test_saved_answers_are_bounded(make_app, producer):
+    client = make_app([producer.url], CACHE_MAX_ENTRIES=2).test_client()
+    for z in ("10001", "10002", "10003"):
+        assert client.get(f"/api/weather?zip={z}").status_code == 200
+    saved = client.get("/api/status").get_json()["cache"]
+    assert sorted(row["zip"] for row in saved) == ["10002", "10003"]

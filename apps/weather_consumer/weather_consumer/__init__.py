@@ -38,6 +38,8 @@ DEFAULTS = {
     # (and, with PANIC_ROUTING, still tried when NO instance is passing).
     "INSTANCE_FORGET_AFTER": 300.0,
     "PANIC_ROUTING": True,
+    # Last-good answers kept in memory (one per zip + country; least recently used evicted).
+    "CACHE_MAX_ENTRIES": 10_000,
     "LOG_LEVEL": "INFO",
     # Start discovery in create_app (tests may start it by hand).
     "START_DISCOVERY": True,

@@ -1,7 +1,7 @@
 """The consumer's own last good answers, in memory, per (zip, country).
 
 Built on weather_common's :class:`MemoryLastGoodStore` (keys ``<country>/<zip>``, the
-newer answer wins). Only FRESH producer answers go in (``stale`` false). An entry's
+newer answer wins; at most ``max_entries`` locations, least recently used evicted). Only FRESH producer answers go in (``stale`` false). An entry's
 ``fetched_at`` is back-dated by the age the producer reported, so the age we show later
 is never younger than what the producer said.
 """
@@ -23,8 +23,8 @@ class Saved:
 
 
 class LastGoodCache:
-    def __init__(self, clock: Callable[[], float] = time.time):
-        self._store = MemoryLastGoodStore()
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 10_000):
+        self._store = MemoryLastGoodStore(max_entries=max_entries)
         self._clock = clock
 
     def put(self, zip_code: str, country: str, body: dict, producer: str) -> None:

@@ -53,7 +53,7 @@ class Runtime:
         metrics = ConsumerMetrics()
         pool = InstancePool(breaker_factory, forget_after=float(cfg["INSTANCE_FORGET_AFTER"]),
                             panic_routing=bool(cfg["PANIC_ROUTING"]))
-        cache = LastGoodCache()
+        cache = LastGoodCache(max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
         metrics.bind_pool(pool, cache)
 
         session = requests.Session()

@@ -186,3 +186,12 @@ def test_metrics_count_cache_hits_and_fallbacks(run_producer, fake_owm):
     assert 'weather_cache_hits_total{cache="fresh"} 1.0' in text
     assert 'weather_fallbacks_total{reason="outage"} 1.0' in text
     assert 'weather_http_requests_total{endpoint="/weather",method="GET",status="200"} 3.0' in text
+
+
+def test_caches_are_bounded_by_config(run_producer):
+    prod = run_producer(CACHE_MAX_ENTRIES=2)
+    for z in ("10001", "10002", "10003"):
+        assert prod.get(zip=z).status_code == 200
+    svc = prod.producer.service
+    assert len(svc.fresh) == 2 and svc.fresh.get("us/10001") is None
+    assert [k for k, _ in svc.store.items()] == ["us/10002", "us/10003"]

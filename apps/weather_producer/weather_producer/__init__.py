@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "OWM_READ_TIMEOUT": 1.0,
     "OWM_MAX_CALLS_PER_MINUTE": 60,   # quota guard (0 = off)
     "CACHE_TTL": 60,                  # seconds an answer is fresh
+    "CACHE_MAX_ENTRIES": 10_000,      # locations kept in memory (fresh and last-good, LRU)
     "DEFAULT_COUNTRY": "us",
     "BREAKER_FAILURE_THRESHOLD": 5,
     "BREAKER_RECOVERY_TIMEOUT": 30,
@@ -125,7 +126,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     registration: ServiceRegistration | None = None
     if cfg["CONSUL_HTTP_ADDR"]:
         consul = ConsulClient(str(cfg["CONSUL_HTTP_ADDR"]), token_file=cfg["CONSUL_TOKEN_FILE"])
-        store = ConsulLastGoodStore(consul, prefix=str(cfg["CACHE_KV_PREFIX"]))
+        store = ConsulLastGoodStore(consul, prefix=str(cfg["CACHE_KV_PREFIX"]),
+                                    max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
         metrics.watch_breaker(store.breaker)
         if cfg["CONSUL_REGISTER"]:
             address = detect_address(cfg["ADVERTISE_ADDRESS"], cfg["ADVERTISE_INTERFACE"], cfg["ADVERTISE_CIDR"])
@@ -141,12 +143,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                 max_backoff=float(cfg["CONSUL_MAX_BACKOFF"]),
             ).start()
     else:
-        store = MemoryLastGoodStore()
+        store = MemoryLastGoodStore(max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
 
     service = WeatherService(
         owm=owm,
         breaker=breaker,
-        fresh=FreshCache(ttl=float(cfg["CACHE_TTL"])),
+        fresh=FreshCache(ttl=float(cfg["CACHE_TTL"]), max_entries=int(cfg["CACHE_MAX_ENTRIES"])),
         store=store,
         limiter=RateLimiter(int(cfg["OWM_MAX_CALLS_PER_MINUTE"])),
         metrics=metrics,
