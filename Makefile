@@ -19,7 +19,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Scenarios in the order `make test` runs them (cheapest first).
 SCENARIOS ?= docker_engine
 
-.PHONY: help setup host venv images lint test test-fast test-molecule molecule-% lab lab-down clean
+.PHONY: help setup host venv apps-venv images lint test test-fast test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,10 +35,18 @@ $(VENV)/.stamp: requirements-dev.txt
 	@$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
+APPS := weather_common weather_producer fake_owm weather_consumer
+apps-venv: $(VENV)/.apps-stamp ## Install the apps (editable) with their test extras into the venv
+$(VENV)/.apps-stamp: $(VENV)/.stamp $(foreach a,$(APPS),apps/$(a)/pyproject.toml)
+	@echo "[venv] installing the apps and their test dependencies"
+	@$(PY) -m pip install -q $(foreach a,$(APPS),-e 'apps/$(a)[test]')
+	@touch $@
+
 setup: host venv ## host + venv
 
-images: host ## Build the lab node images (cached by recipe; arm64 takes minutes the first time)
-	@bash lab/build-images.sh node amd64 arm64
+images: host ## Build the lab images and seed the lab mirror (cached by recipe; arm64 takes minutes the first time)
+	@bash lab/build-images.sh all amd64 arm64
+	@bash lab/mirror.sh
 
 lint: venv ## yamllint + ansible-lint (production profile)
 	@echo "[lint] yamllint"; yamllint --strict .
@@ -50,9 +58,21 @@ test-molecule: setup images ## Every Molecule scenario in $(SCENARIOS)
 molecule-%: setup images ## One scenario, e.g. make molecule-docker_engine
 	@bash scripts/run-scenarios.sh $*
 
-test-fast: lint ## The quick subset: lint (and the apps' unit tests once they land)
+lab: setup images ## Start a lab cluster (1 amd64 manager + 2 arm64 Pis) and run site.yml on it
+	@ansible-playbook -i inventory/lab lab/up.yml
 
-test: setup lint test-molecule ## The whole suite, as CI runs it
+lab-down: venv ## Remove the lab cluster
+	@ansible-playbook -i inventory/lab lab/down.yml
+
+test-apps: host apps-venv ## The apps' tests: unit, integration (real Consul), browser, images
+	@cd apps && pytest -p no:cacheprovider
+
+test-apps-fast: host apps-venv ## The apps' tests without the slow image builds
+	@cd apps && pytest -p no:cacheprovider -m "not slow"
+
+test-fast: lint test-apps-fast ## The quick subset: lint + the apps' tests without image builds
+
+test: setup lint test-apps test-molecule ## The whole suite, as CI runs it
 
 clean: ## Remove the virtualenv and leftover Molecule nodes (keeps cached images)
 	-@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f -v >/dev/null

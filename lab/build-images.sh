@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Build the lab's images from Debian's mirror (no registry is needed or reachable).
 #
-#   lab/build-images.sh [node] [ARCH...]     # default: node amd64 arm64
+#   lab/build-images.sh [SET] [ARCH...]     SET: node | engine | seed | all (default all)
+#                                           ARCH: amd64 arm64 (default both)
 #
-# Two stages per architecture, each cached by a hash of its recipe: a rebuilt image is
-# only made when the recipe (this script, the package list, the files under
-# lab/images/<name>/) changed. The hash is stored as the image label
-# org.weather-lab.recipe and compared on every run.
+# Every image is cached by a hash of its recipe, stored as the image label
+# org.weather-lab.recipe: a run whose hash matches prints "cached" and does nothing; a
+# changed input rebuilds that image and those built on it, nothing else.
 #
-#   1. weather-lab/rootfs:trixie-ARCH  debootstrap --variant=minbase (systemd, python3)
-#   2. weather-lab/node:trixie-ARCH    + lab-only pieces (lab/images/node/Dockerfile):
-#      /proc/sys remount unit, quieter systemd, and on arm64 the emulation shims.
+#   node:   weather-lab/rootfs:trixie-ARCH       debootstrap --variant=minbase (systemd, python3)
+#           weather-lab/node:trixie-ARCH         + lab-only pieces (lab/images/node/): /proc/sys
+#                                                remount unit, busybox rootfs, arm64 emulation shims
+#   engine: weather-lab/node-engine:trixie-ARCH  + docker.io preinstalled (lab/images/node-engine/),
+#                                                for the scenarios after docker_engine
+#   seed:   what lab/mirror.sh serves to the nodes under Docker Hub names:
+#           weather-lab/consul:1.8.7-ARCH        Debian 11's consul 1.8.7 (lab/images/consul/)
+#           weather-lab/registry:2.8.3-ARCH      Debian 13's docker-registry (lab/images/registry/)
+#           weather-lab/busybox:1.37.0-ARCH      Debian 13's busybox-static
+#           weather-lab/python-base:3.13-trixie-ARCH  the rootfs (it has python3.13): the apps' build stage
 #
-# The arm64 stages run under qemu-user: expect about 5 minutes for the rootfs.
+# arm64 debootstrap runs under qemu-user: about 5 minutes (12 on a busy machine). The
+# seed images fetch their packages in an amd64 stage, so nothing else runs apt under qemu.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +39,11 @@ ROOTFS_RECIPE_REV=1
 recipe_hash() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 
 image_recipe() { docker image inspect -f '{{ index .Config.Labels "org.weather-lab.recipe" }}' "$1" 2>/dev/null || true; }
+
+# Record the real architecture in the arm64 seed images (Docker 20.10 writes amd64).
+# Only the images pushed to the mirror: the node images stay as built, so the host's
+# 20.10 engine never meets an image whose platform differs from its own.
+fix_arch() { [ "$2" = amd64 ] || python3 "$here/set-image-arch.py" "$1" "$2"; }
 
 build_rootfs() {
   local arch=$1 image="weather-lab/rootfs:$SUITE-$1"
@@ -59,34 +72,78 @@ build_rootfs() {
   log "$image: built in $(( SECONDS - start )) s"
 }
 
-build_node() {
-  local arch=$1 image="weather-lab/node:$SUITE-$1" base="weather-lab/rootfs:$SUITE-$1"
-  local ctx="$here/images/node"
-  local hash; hash=$(recipe_hash node "$arch" "$(image_recipe "$base")" \
+# A Dockerfile stage on another lab image:
+#   build_layer CONTEXT ARCH BASE_IMAGE TARGET_IMAGE [--build-arg K=V ...]
+build_layer() {
+  local name=$1 arch=$2 base=$3 image=$4; shift 4
+  local ctx="$here/images/$name"
+  local hash; hash=$(recipe_hash "$name" "$arch" "$(image_recipe "$base")" ${*:+"$*"} \
       "$(cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum)")
   if [ "$(image_recipe "$image")" = "$hash" ]; then
     log "$image: cached (recipe $hash)"; return
   fi
-  log "$image: docker build (lab/images/node/Dockerfile, ARCH=$arch)..."
+  log "$image: docker build (lab/images/$name/Dockerfile, ARCH=$arch)..."
   local start=$SECONDS
-  if ! docker build -q --build-arg "BASE=$base" --build-arg "ARCH=$arch" \
+  if ! docker build -q --build-arg "BASE=$base" --build-arg "ARCH=$arch" "$@" \
         --label "org.weather-lab.recipe=$hash" --label "org.weather-lab.arch=$arch" \
-        -t "$image" "$ctx" > "$CACHE_DIR/build-node-$arch.log" 2>&1; then
-    log "docker build failed; last lines of $CACHE_DIR/build-node-$arch.log:"
-    tail -30 "$CACHE_DIR/build-node-$arch.log" >&2; exit 1
+        -t "$image" "$ctx" > "$CACHE_DIR/build-$name-$arch.log" 2>&1; then
+    log "docker build failed; last lines of $CACHE_DIR/build-$name-$arch.log:"
+    tail -30 "$CACHE_DIR/build-$name-$arch.log" >&2; exit 1
   fi
   log "$image: built in $(( SECONDS - start )) s"
 }
 
+build_node() {
+  build_rootfs "$1"
+  build_layer node "$1" "weather-lab/rootfs:$SUITE-$1" "weather-lab/node:$SUITE-$1"
+}
+
+build_engine() {
+  build_layer node-engine "$1" "weather-lab/node:$SUITE-$1" "weather-lab/node-engine:$SUITE-$1"
+}
+
+build_seed() {
+  local arch=$1 fetch=(--build-arg "FETCH_BASE=weather-lab/rootfs:$SUITE-amd64" --build-arg "DEB_ARCH=$1")
+  build_layer consul "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/consul:1.8.7-$arch" "${fetch[@]}"
+  fix_arch "weather-lab/consul:1.8.7-$arch" "$arch"
+  build_layer registry "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/registry:2.8.3-$arch" "${fetch[@]}"
+  fix_arch "weather-lab/registry:2.8.3-$arch" "$arch"
+  # busybox: the static binary the node image already unpacked for its own tests.
+  local bb="weather-lab/busybox:1.37.0-$arch" node="weather-lab/node:$SUITE-$arch"
+  local hash; hash=$(recipe_hash busybox "$arch" "$(image_recipe "$node")")
+  if [ "$(image_recipe "$bb")" = "$hash" ]; then
+    log "$bb: cached (recipe $hash)"
+  else
+    docker run --rm --entrypoint tar "$node" -C /opt/lab/busybox-rootfs -c . \
+      | docker import --change "LABEL org.weather-lab.recipe=$hash" --change 'CMD ["sh"]' - "$bb" >/dev/null
+    fix_arch "$bb" "$arch"
+    log "$bb: built"
+  fi
+    # The apps' build stage needs python3 + libs: the rootfs has exactly that.
+  local py="weather-lab/python-base:3.13-$SUITE-$arch"
+  if [ "$(image_recipe "$py")" != "$(image_recipe "weather-lab/rootfs:$SUITE-$arch")" ]; then
+    docker tag "weather-lab/rootfs:$SUITE-$arch" "$py"
+    fix_arch "$py" "$arch"
+  fi
+}
+
 main() {
   mkdir -p "$CACHE_DIR"
-  local what=${1:-node}; shift || true
+  local what=${1:-all}; shift || true
   local arches=("$@"); [ "${#arches[@]}" -gt 0 ] || arches=(amd64 arm64)
-  case "$what" in
-    node)
-      for a in "${arches[@]}"; do build_rootfs "$a"; build_node "$a"; done ;;
-    *) log "unknown image set: $what"; exit 2 ;;
-  esac
+  # The seed images' fetch stage always runs on the amd64 rootfs.
+  case "$what" in seed|all) build_rootfs amd64 ;; esac
+  for a in "${arches[@]}"; do
+    case "$what" in
+      node) build_node "$a" ;;
+      engine) build_node "$a"; build_engine "$a" ;;
+      seed) build_node "$a"; build_seed "$a" ;;
+      all) build_node "$a"; build_engine "$a"; build_seed "$a" ;;
+      *) log "unknown image set: $what (node, engine, seed, all)"; exit 2 ;;
+    esac
+  done
+  # The apps' image tests on this (amd64) host use the untagged-arch name.
+  case "$what" in seed|all) docker tag "weather-lab/python-base:3.13-$SUITE-amd64" "weather-lab/python-base:3.13-$SUITE" ;; esac
 }
 
 main "$@"
