@@ -331,6 +331,16 @@ def run_producer(request, wsgi_server, owm_key_file):
 
         if "OWM_BASE_URL" not in config:
             config["OWM_BASE_URL"] = request.getfixturevalue("fake_owm").url
+        # Bind the socket first, so the app (and its Consul registration) knows the real
+        # port: ADVERTISE_PORT defaults to it. Requests wait until the app exists.
+        holder: dict[str, Any] = {}
+        app_ready = threading.Event()
+
+        def dispatch(environ, start_response):
+            app_ready.wait(10)
+            return holder["app"](environ, start_response)
+
+        server = wsgi_server(dispatch)
         defaults = {
             "TESTING": True,
             "OWM_API_KEY_FILE": str(owm_key_file),
@@ -338,11 +348,18 @@ def run_producer(request, wsgi_server, owm_key_file):
             "OWM_READ_TIMEOUT": 1.0,
             "INSTANCE_ID": f"test-{os.getpid()}-{next(_instance_counter)}-{uuid.uuid4().hex[:6]}",
             "ADVERTISE_ADDRESS": "127.0.0.1",
+            "ADVERTISE_PORT": server.port,
             "CONSUL_MAX_BACKOFF": 1.0,
         }
         defaults.update(config)
-        app = create_app(defaults)
-        prod = ProducerServer(app, wsgi_server(app))
+        try:
+            app = create_app(defaults)
+        except BaseException:
+            server.stop()
+            raise
+        holder["app"] = server.app = app
+        app_ready.set()
+        prod = ProducerServer(app, server)
         started.append(prod)
         return prod
 

@@ -142,3 +142,15 @@ def test_no_instance_passing_panic_routes_to_recently_known_producers(
     answers = [client.get("/api/weather?zip=10001").get_json() for _ in range(8)]
     assert {a["source"] for a in answers} == {"producer"}
     assert {a["producer"] for a in answers[-4:]} == {f"{service_name}-{prods[1].instance}"}
+
+
+def test_producers_registering_themselves_are_discovered(consul_agent, run_producer, make_app,
+                                                         service_name, wait_until):
+    """No helper registration: each producer registers itself (its real port) in Consul."""
+    prods = [run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_SERVICE_NAME=service_name,
+                          CACHE_KV_PREFIX=f"t/{service_name}") for _ in range(2)]
+    app = consul_consumer(make_app, consul_agent, service_name)
+    pool = app.extensions["weather_consumer"].pool
+    wait_until(lambda: len(pool.healthy()) == 2, 10, what="both producers discovered")
+    ids = {f"{service_name}-{p.instance}" for p in prods}
+    assert producers_answering(app.test_client()) == ids

@@ -94,3 +94,14 @@ def test_gunicorn_sigterm_deregisters(run_producer_gunicorn, consul_agent, fake_
     out = g.output()
     assert "deregistered" in out
     assert owm_key not in out
+
+
+def test_run_producer_registers_its_real_port(run_producer, consul_agent, wait_until):
+    name = _service_name()
+    prod = run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_SERVICE_NAME=name)
+    entries = wait_until(lambda: consul_agent.passing(name), 10, what="registration")
+    svc = entries[0]["Service"]
+    assert (svc["Address"], svc["Port"]) == ("127.0.0.1", prod.server.port)
+    # What Consul advertises really serves the producer.
+    r = requests.get(f"http://{svc['Address']}:{svc['Port']}/weather", params={"zip": "10001"}, timeout=5)
+    assert r.status_code == 200 and r.json()["instance"] == prod.instance
