@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import quote_from_bytes
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -170,3 +171,41 @@ def test_saved_answers_are_bounded(make_app, producer):
         assert client.get(f"/api/weather?zip={z}").status_code == 200
     saved = client.get("/api/status").get_json()["cache"]
     assert sorted(row["zip"] for row in saved) == ["10002", "10003"]
+
+
+# Raw query strings against a REAL producer (backed by the fake OWM, which fails at times):
+# broken escapes, arbitrary bytes, repeated / empty / missing keys.
+_raw_piece = st.one_of(
+    st.binary(max_size=12).map(quote_from_bytes),
+    st.sampled_from(["zip=", "zip=10001", "zip=00000", "country=", "country=us", "country=USA",
+                     "%", "%zz", "%ff", "%00", "&", "&&", "=", "zip", "zip=%C0%AF", "zip=+",
+                     "country=%FF%FE", "zip=10001&zip=10002", "zip=1;2", "zip=" + "9" * 40]),
+)
+_raw_query = st.lists(_raw_piece, max_size=6).map("&".join)
+
+
+def test_property_raw_queries_through_a_real_producer(make_app, run_producer, fake_owm):
+    producer = run_producer()
+    client = make_app([producer.url], PER_TRY_TIMEOUT=2.0, REQUEST_DEADLINE=4.0).test_client()
+    current = {"mode": "ok"}
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(qs=_raw_query, mode=st.sampled_from(["ok", "ok", "error", "429"]))
+    def check(qs, mode):
+        if current["mode"] != mode:
+            fake_owm.set_mode(mode)
+            current["mode"] = mode
+        for path in ("/api/weather", "/weather"):
+            r = client.get(path, query_string=qs)
+            assert r.status_code in (200, 400, 404, 503), (path, qs, r.status_code)
+            if path == "/api/weather":
+                body = r.get_json()
+                assert isinstance(body, dict), (qs, r.data[:200])
+                if r.status_code in (400, 503):
+                    assert isinstance(body.get("error"), str) and len(body["error"]) > 5, body
+                if r.status_code == 200:
+                    assert body["source"] in ("producer", "consumer-cache") and body["zip"]
+            elif r.status_code == 400:
+                assert 'id="reason"' in r.get_data(as_text=True)
+
+    check()

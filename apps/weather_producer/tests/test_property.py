@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote_from_bytes
+
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from weather_producer import create_app
@@ -54,3 +56,39 @@ def test_never_500_with_owm_failing(fake_owm, owm_key_file):
             assert r.get_json()["error"]
 
         check()
+
+
+# Raw query strings: arbitrary bytes (percent-encoded or not), broken escapes, repeated and
+# empty keys - what a scanner or a broken client sends.
+_raw_piece = st.one_of(
+    st.binary(max_size=12).map(quote_from_bytes),
+    st.sampled_from(["zip=", "zip=10001", "country=", "country=us", "country=USA", "%", "%zz", "%ff",
+                     "%00", "&", "&&", "=", "zip", "zip=%C0%AF", "zip=+", "zip=%20%20", "country=%FF%FE",
+                     "zip=10001&zip=10002", "zip=1;2", "zip=" + "9" * 40]),
+)
+_raw_query = st.lists(_raw_piece, max_size=6).map("&".join)
+
+
+def test_never_500_for_any_raw_query_string(fake_owm, owm_key_file):
+    app = _app(fake_owm.url, str(owm_key_file))
+    client = app.test_client()
+    current = {"mode": "ok"}
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(qs=_raw_query, mode=st.sampled_from(["ok", "ok", "error", "429"]))
+    def check(qs, mode):
+        if current["mode"] != mode:
+            fake_owm.set_mode(mode)
+            current["mode"] = mode
+        r = client.get("/weather", query_string=qs)
+        assert r.status_code in (200, 400, 404, 503), (qs, r.status_code, r.data[:200])
+        body = r.get_json()
+        assert isinstance(body, dict), (qs, r.data[:200])
+        if r.status_code == 400:
+            assert isinstance(body.get("error"), str) and len(body["error"]) > 5, body
+        elif r.status_code == 503:
+            assert body.get("error"), body
+        elif r.status_code == 200:
+            assert body["zip"] and body["stale"] in (True, False)
+
+    check()
