@@ -72,7 +72,7 @@ test-apps-fast: host apps-venv ## The apps' tests without the slow image builds
 
 test-fast: lint test-apps-fast ## The quick subset: lint + the apps' tests without image builds
 
-test: setup lint test-apps test-molecule ## The whole suite, as CI runs it
+test: setup lint images test-apps test-molecule ## The whole suite, as CI runs it
 
 clean: ## Remove the virtualenv and leftover Molecule nodes (keeps cached images)
 	-@docker ps -aq --filter label=owner=molecule | xargs -r docker rm -f -v >/dev/null
