@@ -28,6 +28,9 @@ def test_registers_with_ttl_check_and_deregisters_on_stop(run_producer, consul_a
     assert (svc["Address"], svc["Port"]) == ("127.0.0.1", 8123)
     check = [c for c in entries[0]["Checks"] if c["CheckID"] == f"service:{svc['ID']}"][0]
     assert check["Status"] == "passing"
+    # Consul lists the service as passing as soon as it is registered (Status passing);
+    # the helper's flag is set after its first heartbeat call returns: wait for that too.
+    assert prod.producer.registration.wait_registered(5)
     ready = prod.get("/ready").json()
     assert ready["consul_registered"] is True and ready["cache_backend"] == "consul"
     prod.stop()
@@ -46,14 +49,16 @@ def test_consul_down_at_start_producer_serves_then_registers(run_producer, consu
     assert prod.producer.registration.registered is False
     agent.start()
     wait_until(lambda: len(agent.passing(name)) == 1, 15, what="registration after consul came up")
-    assert prod.producer.registration.registered
+    assert prod.producer.registration.wait_registered(5)  # flag set after the first heartbeat
 
 
 def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer, consul_agent, fake_owm):
     prefix = f"weather/cache-{uuid.uuid4().hex[:6]}"
     common = dict(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_REGISTER=False, CACHE_KV_PREFIX=prefix)
     a = run_producer(**common)
-    b = run_producer(**common)
+    # CACHE_TTL=0: for b and c, a's KV entry is no longer fresh (else they would serve it
+    # as a fresh answer, see test_fresh_answers_are_shared_through_kv_no_second_owm_call).
+    b = run_producer(**common, CACHE_TTL=0)
     good = a.get(zip="10001").json()
     stored = consul_agent.client().kv_get(f"{prefix}/us/10001")
     assert stored["value"]["city"] == good["city"] and stored["fetched_at"] > 0
@@ -66,7 +71,7 @@ def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer
     assert body["temperature_c"] == good["temperature_c"]
     # a producer restart (a new process = new app, empty memory) still has it
     a.stop()
-    c = run_producer(**common)
+    c = run_producer(**common, CACHE_TTL=0)
     body = c.get(zip="10001").json()
     assert body["stale"] is True and body["city"] == good["city"]
     # unknown location and OWM down: plain 503
@@ -105,3 +110,20 @@ def test_run_producer_registers_its_real_port(run_producer, consul_agent, wait_u
     # What Consul advertises really serves the producer.
     r = requests.get(f"http://{svc['Address']}:{svc['Port']}/weather", params={"zip": "10001"}, timeout=5)
     assert r.status_code == 200 and r.json()["instance"] == prod.instance
+
+
+def test_fresh_answers_are_shared_through_kv_no_second_owm_call(run_producer, consul_agent, fake_owm):
+    prefix = f"t/share-{uuid.uuid4().hex[:6]}"
+    a, b = (run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_REGISTER=False, CACHE_KV_PREFIX=prefix)
+            for _ in range(2))
+    fake_owm.reset_stats()
+    first = a.get(zip="10001").json()
+    second = b.get(zip="10001").json()  # B's own fresh cache is empty: KV has A's answer
+    assert first["stale"] is False and second["stale"] is False
+    assert (second["instance"], second["temperature_c"]) == (b.instance, first["temperature_c"])
+    assert fake_owm.stats()["total"] == 1
+    # An answer older than the TTL is not fresh: B calls OWM itself.
+    c = run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_REGISTER=False, CACHE_KV_PREFIX=prefix,
+                     CACHE_TTL=0)
+    assert c.get(zip="10001").json()["stale"] is False
+    assert fake_owm.stats()["total"] == 2

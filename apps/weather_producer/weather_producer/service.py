@@ -76,8 +76,30 @@ class WeatherService:
         self._config_lock = threading.Lock()
 
     # ------------------------------------------------------------------ upstream
+    def _shared_fresh(self, key: str) -> Entry[dict[str, Any]] | None:
+        """A fresh answer another producer stored in the shared (Consul KV) store, if any.
+
+        With several producers, each one's fresh cache is private; without this, every
+        producer would call OWM for every location once per TTL (N x the calls).
+        """
+        if getattr(self.store, "backend", "memory") != "consul":
+            return None
+        try:
+            entry = self.store.get(key)
+        except Exception:  # the shared store must never break a lookup
+            log.exception("last-good store failed")
+            return None
+        if entry is not None and entry.age() < self.fresh.ttl:
+            self.metrics.cache_hits.labels(cache="shared").inc()
+            return entry
+        return None
+
     def _load(self, zip_code: str, country: str) -> Entry[dict[str, Any]]:
-        """One real OWM call (through quota guard and breaker); stores the last good."""
+        """A fresh answer: from the shared store when another producer just fetched it,
+        else one real OWM call (through quota guard and breaker), stored as the last good."""
+        shared = self._shared_fresh(location_key(country, zip_code))
+        if shared is not None:
+            return shared
         if not self.owm.key.get():
             raise OwmAuthError(self.owm.key.error or "no OWM API key configured")
         if not self.limiter.try_acquire():
