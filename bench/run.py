@@ -646,6 +646,7 @@ def write_report(results: dict[str, Any], command: str, started: str, elapsed: f
     ]
     for r in rows:
         lines.append("| " + " | ".join(x.replace("|", "/") for x in r) + " |")
+    lines += ["", "## How each figure is measured", "", METHODS.strip(), ""]
     lines += ["", "## Raw results", "", "```json", json.dumps(results, indent=1, default=str), "```", ""]
     text = "\n".join(lines)
     path.write_text(text)
@@ -653,6 +654,42 @@ def write_report(results: dict[str, Any], command: str, started: str, elapsed: f
 
 
 machine_info = ""
+
+METHODS = """
+* **Breaker**: `timeit`, 100 000 calls of a trivial function, best of 7 interleaved repeats,
+  bare vs `weather_common.breaker.CircuitBreaker.call` vs `pybreaker.CircuitBreaker.call`
+  (both closed). In-process; the difference is the overhead per protected call.
+* **Fallback**: one producer under gunicorn (1 worker, 8 threads), OWM in `error` mode after one
+  good answer, `CACHE_TTL=1` (expired), quota guard off so that every fallback is the breaker's;
+  6 requests open the breaker (threshold 5), then 2000 sequential keep-alive HTTP requests
+  from this process. Every answer is `stale: true` from the last-good copy.
+* **Requests/s**: `wrk` (separate process) against (a) a bare Flask hello-world, (b) the consumer
+  with one producer whose fresh cache holds the zip (consumer -> HTTP -> producer), (c) a
+  consumer whose only producer is dead and ejected (served from its own last-good copy). All
+  under gunicorn with the consumer's `gunicorn.conf.py` (1 worker, gthread, 16 threads), on
+  the same 2 cores as the load generator and the producer. The ratio to hello-world is the
+  figure; absolute numbers depend on the neighbours' load.
+* **Failover**: Consul agent (-dev), 3 producers under gunicorn registering themselves, one
+  consumer under gunicorn discovering them; a separate Python client process runs 8 threads
+  for 12 s over 20 warm zips; at 4 s one producer's process group is SIGKILLed. A request is
+  *fresh* when it is a 200 from a producer with `stale: false`. The naive comparison uses 3
+  new producers and a client that round-robins over their addresses with plain `requests`
+  (no retry, no breaker, no discovery), which is what a Docker DNS alias gives.
+* **OWM calls**: the fake OWM counts the calls; 200 client threads (separate process) over 50
+  zips for 30 s through one consumer; first with 1 producer, then with 3 producers sharing
+  Consul KV. The default `CACHE_TTL` is 60 s, so these 30 s contain the cold start, the
+  busiest minute; afterwards it is at most one call per zip per TTL.
+* **Images / RSS**: the images built by the slow image tests (`weather-lab/*:test`), run
+  read-only on a private network (consumer -> producer -> fake OWM), 300 requests over 30
+  zips, then the memory cgroup (cgroup v1: `memory.stat` `total_rss`; `docker stats` reports
+  0 on this host).
+* **arm64 (not re-run by this script)**: `apps/build-wheelhouse.sh arm64` (65 s) and
+  `docker build --build-arg BASE_IMAGE=weather-lab/python-base:3.13-trixie-arm64
+  --build-arg WHEEL_ARCH=aarch64 -f apps/weather_producer/Dockerfile apps` under qemu
+  binfmt: 280 s on 2026-11-22 (with the machine also busy), image 53.6 MB; `python3 -c
+  "import platform, weather_producer, gunicorn"` in it prints `aarch64`. Docker 20.10 records
+  the architecture as amd64 (the imported base image carries no platform).
+"""
 
 
 def main() -> None:
