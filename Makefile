@@ -19,7 +19,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Scenarios in the order `make test` runs them (cheapest first).
 SCENARIOS ?= docker_engine
 
-.PHONY: help setup host venv apps-venv images lint test test-fast test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
+.PHONY: help setup host venv apps-venv images bench lint test test-fast test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ test-apps: host apps-venv ## The apps' tests: unit, integration (real Consul), b
 
 test-apps-fast: host apps-venv ## The apps' tests without the slow image builds
 	@cd apps && pytest -p no:cacheprovider -m "not slow"
+
+bench: host apps-venv images ## The benchmark table (bench/run.py -> docs/benchmarks.md; about 3 minutes)
+	@$(PY) -m pip install -q -e 'apps/weather_common[bench]'
+	@$(PY) bench/run.py
 
 test-fast: lint test-apps-fast ## The quick subset: lint + the apps' tests without image builds
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmarks of the weather services, side by side in ONE run (results as ratios).
 
-    /tmp/venv-c/bin/pip install -e 'apps/weather_common[bench]' ...   # pybreaker for the comparison
-    /tmp/venv-c/bin/python bench/run.py            # everything (~5 min), writes docs/benchmarks.md
-    /tmp/venv-c/bin/python bench/run.py --only breaker,fallback --no-write
+    make bench                                     # installs what it needs (pybreaker too), then runs
+    .venv/bin/python bench/run.py                  # everything by hand (~5 min), writes docs/benchmarks.md
+    .venv/bin/python bench/run.py --only breaker,fallback --no-write
 
 Everything runs on loopback: real gunicorn processes, a real ``consul agent -dev``, the fake
 OWM; every load is bounded in time and count. Load generators are separate processes
