@@ -12,7 +12,7 @@ SECRET_NET = "lab_secret"
 
 @pytest.fixture(scope="module")
 def encrypted_run():
-    """The real network playbook, asked for one encrypted overlay network."""
+    """The real network playbook, asked for one encrypted overlay network (failures go to stderr)."""
     networks = [{"name": SECRET_NET, "subnet": "10.42.20.0/24", "encrypted": True}]
     return run_playbook(
         "../../playbooks/network.yml", "-e", json.dumps({"overlay_net_networks": networks})
@@ -21,8 +21,8 @@ def encrypted_run():
 
 def test_encryption_refused(encrypted_run):
     """The play fails on both nodes at the preflight task."""
-    assert encrypted_run.returncode != 0, encrypted_run.stdout
-    out = encrypted_run.stdout
+    out = encrypted_run.stdout + encrypted_run.stderr
+    assert encrypted_run.returncode != 0, out
     assert "Refuse encrypted overlay networks where the kernel cannot encrypt" in out
     for name in (MANAGER, WORKER):
         assert f"Overlay encryption is not possible on {name}" in out
@@ -30,7 +30,7 @@ def test_encryption_refused(encrypted_run):
 
 def test_refusal_says_why_and_what_to_do(encrypted_run):
     """The message names the missing kernel feature and the network to change."""
-    out = encrypted_run.stdout
+    out = encrypted_run.stdout + encrypted_run.stderr
     assert "CONFIG_INET_ESP" in out
     assert f"Set encrypted: false for {SECRET_NET}" in out
 
