@@ -131,8 +131,9 @@ main() {
   mkdir -p "$CACHE_DIR"
   local what=${1:-all}; shift || true
   local arches=("$@"); [ "${#arches[@]}" -gt 0 ] || arches=(amd64 arm64)
-  # The seed images' fetch stage always runs on the amd64 rootfs.
-  case "$what" in seed|all) build_rootfs amd64 ;; esac
+  # The seed images' fetch stage always runs on the amd64 rootfs: build it first when
+  # amd64 itself is not among the architectures asked for.
+  case "$what:${arches[*]}" in seed:*amd64*|all:*amd64*) ;; seed:*|all:*) build_rootfs amd64 ;; esac
   for a in "${arches[@]}"; do
     case "$what" in
       node) build_node "$a" ;;

@@ -56,8 +56,8 @@ seed() {
     local src="$local_base-$arch" dst="$PUSH/$hub-$arch"
     docker image inspect "$src" >/dev/null 2>&1 || { log "missing $src: run lab/build-images.sh seed"; exit 1; }
     local want; want=$(docker image inspect -f '{{.Id}}' "$src")
-    # The per-arch tag carries the local image ID as a label on the mirror side:
-    # compare with what we pushed last time (a file beside the data volume's name).
+    # Push when the local image changed since the last push (the push tag still
+    # names the old image) or the mirror lost the tag (e.g. its volume was removed).
     if [ "$(docker image inspect -f '{{.Id}}' "$dst" 2>/dev/null)" != "$want" ] \
        || [ -z "$(remote_list_digest "$hub")" ]; then
       docker tag "$src" "$dst"
