@@ -16,14 +16,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-# Scenarios in the order `make test` runs them (cheapest first).
-SCENARIOS ?= docker_engine
-# The cluster roles' scenarios. Not yet in `make test`: on this 2-core machine each
-# takes tens of minutes under arm64 emulation (docs/testing.md), and together they do
-# not fit CI's 90 minutes yet. Run them with `make test-roles` or `make molecule-<name>`.
-ROLE_SCENARIOS ?= overlay_net consul_kv private_registry
+# Molecule scenarios in the order `make test` runs them: site.yml's tier order, on ONE
+# shared set of lab nodes (scripts/run-scenarios.sh, .config/molecule/config.yml). Each
+# role scenario converges its tier on the nodes the previous ones built; `cluster`
+# then runs the real site.yml on them plus a third node, and injects faults.
+SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
+# The role scenarios alone (no weather services).
+ROLE_SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
 
-.PHONY: help setup host venv apps-venv images bench lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
+.PHONY: help setup host venv apps-venv images bench bench-ansible lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,13 +60,14 @@ lint: venv ## yamllint + ansible-lint (production profile)
 test-molecule: setup images ## Every Molecule scenario in $(SCENARIOS)
 	@bash scripts/run-scenarios.sh $(SCENARIOS)
 
-test-roles: setup images ## The cluster roles' scenarios (overlay_net, consul_kv, private_registry)
+test-roles: setup images ## The role scenarios only (docker_engine, consul_kv, overlay_net, private_registry)
 	@bash scripts/run-scenarios.sh $(ROLE_SCENARIOS)
 
 molecule-%: setup images ## One scenario, e.g. make molecule-docker_engine
 	@bash scripts/run-scenarios.sh $*
 
 lab: setup images ## Start a lab cluster (1 amd64 manager + 2 arm64 Pis) and run site.yml on it
+	@$(PY) lab/make-secrets.py inventory/lab/group_vars/all/secrets.yml
 	@ansible-playbook -i inventory/lab lab/up.yml
 
 lab-down: venv ## Remove the lab cluster
@@ -80,6 +82,9 @@ test-apps-fast: host apps-venv ## The apps' tests without the slow image builds
 bench: host apps-venv images ## The benchmark table (bench/run.py -> docs/benchmarks.md; about 3 minutes)
 	@$(PY) -m pip install -q -e 'apps/weather_common[bench]'
 	@$(PY) bench/run.py
+
+bench-ansible: setup images ## Ansible's linear strategy vs Mitogen on an emulated Pi (about 5 minutes)
+	@bash bench/ansible/run.sh
 
 test-fast: lint test-apps-fast ## The quick subset: lint + the apps' tests without image builds
 

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Run Molecule scenarios one after another and print how long each took.
-#   scripts/run-scenarios.sh docker_engine [consul_kv ...]
+# Run Molecule scenarios on one shared set of lab nodes, in the order given, and print
+# how long each took.
+#   scripts/run-scenarios.sh docker_engine consul_kv overlay_net private_registry
+#
+# The scenarios share their nodes (`shared_state: true` in .config/molecule/config.yml):
+# the first run creates them through the `default` scenario, each scenario then runs
+# its sequence on them (`--destroy never` keeps them for the next), and the nodes are
+# destroyed at the end, pass or fail. Molecule itself would order several `-s` by the
+# directory listing, so the order (site.yml's tier order) is kept here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+destroy_nodes() { molecule destroy -s default >/dev/null 2>&1 || true; }
+
+# Start from fresh nodes even if an earlier run was interrupted.
+destroy_nodes
+[ "${KEEP_NODES:-0}" = 1 ] || trap destroy_nodes EXIT
+
 status=0
+total=$SECONDS
 declare -a summary
 for scenario in "$@"; do
   echo "[molecule] scenario $scenario: start $(date +%H:%M:%S)"
   start=$SECONDS
-  if molecule test -s "$scenario"; then result=passed; else result=FAILED; status=1; fi
+  if molecule test -s "$scenario" --destroy never; then result=passed; else result=FAILED; status=1; fi
   summary+=("$scenario: $result in $(( SECONDS - start )) s")
   echo "[molecule] scenario $scenario: $result in $(( SECONDS - start )) s"
   [ "$status" = 0 ] || break
 done
+summary+=("all: $(( SECONDS - total )) s")
 printf '[molecule] %s\n' "${summary[@]}"
 exit "$status"

@@ -49,7 +49,7 @@ def node(name):
 @pytest.fixture(scope="module")
 def inventory_vars():
     """The scenario's inventory variables (the test secrets live there)."""
-    return node("ck-manager").ansible.get_variables()
+    return node("manager").ansible.get_variables()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import time
 import pytest
 from conftest import http, node
 
-SERVERS = {"ck-manager"}
+SERVERS = {"manager"}
 PREFIX = "weather/"
 
 
@@ -50,19 +50,19 @@ def test_all_members_alive(host, tokens):
     """Every agent sees both nodes alive, the manager as server and the Pi as client."""
     lines = consul_cli(host, "members", tokens["management"]).splitlines()[1:]
     members = {line.split()[0]: line.split() for line in lines}
-    assert set(members) == {"ck-manager", "ck-pi1"}
+    assert set(members) == {"manager", "pi1"}
     assert all(fields[2] == "alive" for fields in members.values())
-    assert members["ck-manager"][3] == "server" and members["ck-pi1"][3] == "client"
+    assert members["manager"][3] == "server" and members["pi1"][3] == "client"
 
 
 def test_exactly_one_leader(host, tokens):
     """The raft cluster has exactly one voter, the leader, and every agent agrees on it."""
     peers = consul_cli(host, "operator raft list-peers", tokens["management"]).splitlines()[1:]
     assert len(peers) == 1
-    assert peers[0].split()[0] == "ck-manager" and "leader" in peers[0].split()
+    assert peers[0].split()[0] == "manager" and "leader" in peers[0].split()
     leader = http(host, "GET", "/v1/status/leader").json()
     assert leader.endswith(":8300")
-    assert leader == http(node("ck-manager"), "GET", "/v1/status/leader").json()
+    assert leader == http(node("manager"), "GET", "/v1/status/leader").json()
 
 
 def test_gossip_encrypted(host, tokens):
@@ -161,7 +161,7 @@ def test_local_facts_published(host, bridge_gateway):
 
 def test_service_from_pi_healthy_on_manager(tokens):
     """A producer registered through the Pi's agent, TTL check passed, is seen healthy from the manager."""
-    pi, manager = node("ck-pi1"), node("ck-manager")
+    pi, manager = node("pi1"), node("manager")
     service_id = "weather-producer-verify"
     registration = {
         "Name": "weather-producer",
@@ -180,7 +180,7 @@ def test_service_from_pi_healthy_on_manager(tokens):
                 break
             time.sleep(2)
         entry = next(entry for entry in seen if entry["Service"]["ID"] == service_id)
-        assert entry["Node"]["Node"] == "ck-pi1"
+        assert entry["Node"]["Node"] == "pi1"
         assert all(check["Status"] == "passing" for check in entry["Checks"])
     finally:
         http(pi, "PUT", f"/v1/agent/service/deregister/{service_id}", tokens["producer"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-EXPECTED_ARCH = {"de-amd64": "x86_64", "de-arm64": "aarch64"}
+EXPECTED_ARCH = {"manager": "x86_64", "pi1": "aarch64"}
 
 
 @pytest.fixture()
@@ -49,19 +49,19 @@ def test_daemon_json_sd_card_defaults(daemon_json):
 
 def test_daemon_json_registries(daemon_json):
     """Mirrors and insecure registries from the inventory reach daemon.json."""
-    assert daemon_json["registry-mirrors"] == ["http://mirror.lab.invalid:5000"]
+    assert daemon_json["registry-mirrors"] == ["http://weather-lab-mirror:5000"]
     assert daemon_json["insecure-registries"] == ["registry.lab.invalid:5000"]
 
 
 def test_daemon_applied_registry_config(host):
     """The running daemon loaded the mirror (the handler restarted it)."""
     mirrors = host.check_output("docker info --format '{{ json .RegistryConfig.Mirrors }}'")
-    assert json.loads(mirrors) == ["http://mirror.lab.invalid:5000/"]
+    assert json.loads(mirrors) == ["http://weather-lab-mirror:5000/"]
 
 
 def test_runtime_shim_only_on_emulated_node(host, daemon_json):
     """Only the emulated arm64 node runs the lab's runc shim; the amd64 node stays stock."""
-    if host.backend.hostname == "de-arm64":
+    if host.backend.hostname == "pi1":
         assert daemon_json["default-runtime"] == "lab-runc"
     else:
         assert "default-runtime" not in daemon_json
@@ -102,7 +102,7 @@ def test_local_facts_published(host):
 
 def test_rpi_cmdline_gets_memory_cgroup(host):
     """On the Pi, cmdline.txt gains the memory cgroup, stays one line and keeps its arguments."""
-    if host.backend.hostname != "de-arm64":
+    if host.backend.hostname != "pi1":
         assert not host.file("/boot/firmware/cmdline.txt").exists
         return
     content = host.file("/boot/firmware/cmdline.txt").content_string
@@ -116,4 +116,4 @@ def test_rpi_cmdline_gets_memory_cgroup(host):
 def test_rpi_reboot_reported_not_done(host):
     """The running kernel lacks the new arguments: a reboot is reported as needed, not done."""
     facts = json.loads(host.file("/etc/ansible/facts.d/docker_engine.fact").content_string)
-    assert facts["rpi_reboot_required"] is (host.backend.hostname == "de-arm64")
+    assert facts["rpi_reboot_required"] is (host.backend.hostname == "pi1")

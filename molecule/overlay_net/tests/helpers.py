@@ -7,8 +7,8 @@ from pathlib import Path
 
 import testinfra
 
-MANAGER = "ov-manager"
-WORKER = "ov-worker"
+MANAGER = "manager"
+WORKER = "pi1"
 NETWORK = "lab_overlay"
 LAB_IMAGE = "lab/busybox:latest"
 

@@ -8,9 +8,9 @@ import time
 import pytest
 import testinfra
 
-MANAGER = "pr-manager"
-WORKER = "pr-pi1"
-REGISTRY = "pr-manager:5443"
+MANAGER = "manager"
+WORKER = "pi1"
+REGISTRY = "manager:5443"
 CONTAINER = "private-registry"
 CA = "/etc/private-registry/ca/ca.crt"
 CA_KEY = "/etc/private-registry/ca/ca.key"
