@@ -20,7 +20,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # shared set of lab nodes (scripts/run-scenarios.sh, .config/molecule/config.yml). Each
 # role scenario converges its tier on the nodes the previous ones built; `cluster`
 # then runs the real site.yml on them plus a third node, and injects faults.
-SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
+SCENARIOS ?= docker_engine consul_kv overlay_net private_registry cluster
 # The role scenarios alone (no weather services).
 ROLE_SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
 

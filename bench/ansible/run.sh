@@ -6,25 +6,37 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export ANSIBLE_CONFIG=ansible.cfg
 node=bench-arm64
-inv="$(mktemp)"
-trap 'docker rm -f -v "$node" >/dev/null 2>&1; docker network rm bench-ansible >/dev/null 2>&1 || true; rm -f "$inv"' EXIT
-printf 'bench:\n  hosts:\n    %s: {ansible_connection: docker, ansible_user: root}\n' "$node" > "$inv"
-
-echo "[bench] starting $node (weather-lab/node-engine:trixie-arm64)"
-ansible-playbook -i localhost, -c local /dev/stdin >/dev/null <<YML
-- hosts: localhost
+tmp="$(mktemp -d)"
+cleanup() {
+  docker rm -f -v "$node" >/dev/null 2>&1 || true
+  docker network disconnect bench-ansible weather-lab-mirror >/dev/null 2>&1 || true
+  docker network rm bench-ansible >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+printf 'bench:\n  hosts:\n    %s: {ansible_connection: docker, ansible_user: root, ansible_python_interpreter: /usr/bin/python3}\n' "$node" > "$tmp/inventory.yml"
+inv="$tmp/inventory.yml"
+cat > "$tmp/start.yml" <<YML
+- name: Start the benchmark node
+  hosts: localhost
+  connection: local
   gather_facts: false
   vars:
     lab_network: bench-ansible
     lab_nodes: [{name: $node, image: "weather-lab/node-engine:trixie-arm64"}]
     lab_labels: {owner: bench}
   tasks:
-    - ansible.builtin.include_tasks: $PWD/lab/tasks/start-nodes.yml
+    - name: Start it
+      ansible.builtin.include_tasks: $PWD/lab/tasks/start-nodes.yml
 YML
+
+echo "[bench] starting $node (weather-lab/node-engine:trixie-arm64)"
+ansible-playbook -i "$inv" "$tmp/start.yml" >"$tmp/start.log" 2>&1 || { cat "$tmp/start.log"; exit 1; }
 
 run() {  # strategy -> seconds
   local start=$SECONDS
-  ANSIBLE_STRATEGY="$1" ansible-playbook -i "$inv" bench/ansible/tasks.yml >/dev/null
+  ANSIBLE_STRATEGY="$1" ANSIBLE_DEPRECATION_WARNINGS=false \
+    ansible-playbook -i "$inv" bench/ansible/tasks.yml >"$tmp/run.log" 2>&1 || { cat "$tmp/run.log" >&2; exit 1; }
   echo $(( SECONDS - start ))
 }
 # Alternate, so that neither strategy always runs on a warmer node.

@@ -1,0 +1,187 @@
+"""Helpers for the whole-cluster tests: the nodes, their containers, the consumer's API,
+a background load that records every answer, and playbook runs.
+
+The tests run on this machine (Molecule's verifier); the nodes are containers on the
+`molecule-default` network, each with its own Docker daemon inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+LABEL = "org.weather-cluster"
+PRODUCER_APP = "weather-producer"
+CONSUMER = "weather-consumer"
+FAKE_OWM = "weather-fake-owm"
+CONSUMER_PORT = 8080
+NETWORK = "molecule-default"
+PROJECT = Path(__file__).resolve().parents[3]
+RESULTS = PROJECT / ".cache" / "resilience.json"
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 120) -> str:
+    """Run a command on this machine; return its stdout."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} -> {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def on_node(node: str, *argv: str, check: bool = True, timeout: float = 120) -> str:
+    """Run a command inside a lab node (e.g. its own `docker`)."""
+    return sh("docker", "exec", node, *argv, check=check, timeout=timeout)
+
+
+def node_ip(node: str) -> str:
+    return sh("docker", "inspect", "-f",
+              "{{ (index .NetworkSettings.Networks \"%s\").IPAddress }}" % NETWORK, node)
+
+
+def node_running(node: str) -> bool:
+    return sh("docker", "inspect", "-f", "{{ .State.Running }}", node, check=False) == "true"
+
+
+def producers_on(node: str) -> dict[str, str]:
+    """The node's producer containers: {container name: instance id}."""
+    out = on_node(node, "docker", "ps", "--filter", f"label={LABEL}.app={PRODUCER_APP}",
+                  "--format", "{{ .Names }} {{ .Label \"%s.instance\" }}" % LABEL)
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def container_ids(node: str) -> dict[str, str]:
+    """Every container on the node (name -> id), to prove nothing was restarted."""
+    out = on_node(node, "docker", "ps", "-a", "--no-trunc", "--format", "{{ .Names }} {{ .ID }} {{ .State }}")
+    result = {}
+    for line in out.splitlines():
+        name, cid, state = line.split()
+        result[name] = f"{cid} {state}"
+    return result
+
+
+def started_at(node: str, container: str) -> str:
+    return on_node(node, "docker", "inspect", "-f", "{{ .State.StartedAt }}", container)
+
+
+@dataclass
+class Answer:
+    at: float
+    status: int
+    body: dict = field(default_factory=dict)
+
+    @property
+    def producer(self) -> str | None:
+        return self.body.get("producer")
+
+
+class Consumer:
+    """The consumer's JSON API through its published port on the manager."""
+
+    def __init__(self, manager: str):
+        self.base = f"http://{node_ip(manager)}:{CONSUMER_PORT}"
+        self.session = requests.Session()
+
+    def weather(self, zip_code: str, country: str = "us", timeout: float = 10) -> Answer:
+        try:
+            resp = self.session.get(f"{self.base}/api/weather",
+                                    params={"zip": zip_code, "country": country}, timeout=timeout)
+        except requests.RequestException as exc:  # a refused or dropped connection is a failure too
+            return Answer(time.monotonic(), 0, {"error": repr(exc)})
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"raw": resp.text[:200]}
+        return Answer(time.monotonic(), resp.status_code, body)
+
+    def status(self) -> dict:
+        return self.session.get(f"{self.base}/api/status", timeout=10).json()
+
+
+class Load:
+    """Requests in a loop on a background thread, every answer kept, until stopped."""
+
+    def __init__(self, consumer: Consumer, zips: list[str], interval: float = 0.1):
+        self.consumer, self.zips, self.interval = consumer, zips, interval
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            self.answers.append(self.consumer.weather(self.zips[i % len(self.zips)]))
+            i += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def since(self, t: float) -> list[Answer]:
+        return [a for a in list(self.answers) if a.at >= t]
+
+    def failures(self, since: float = 0.0) -> list[Answer]:
+        return [a for a in self.since(since) if a.status != 200]
+
+    def statuses(self, since: float = 0.0) -> Counter:
+        return Counter(a.status for a in self.since(since))
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll until predicate() is truthy; return (value, seconds waited)."""
+    start = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def record(fault: str, **figures) -> None:
+    """Keep a fault's measured outcome for docs/resilience.md (.cache/resilience.json)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[fault] = {**figures, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"[resilience] {fault}: {figures}")
+
+
+def run_playbook(playbook: Path, *args: str, inventories: list[str] | None = None,
+                 timeout: float = 3600) -> subprocess.CompletedProcess:
+    """ansible-playbook with Molecule's configuration (the verifier's environment)."""
+    inventory = [os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])]
+    argv = [str(Path(sys.executable).parent / "ansible-playbook")]
+    for inv in inventory + (inventories or []):
+        argv += ["-i", inv]
+    argv += [str(playbook), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP of an ansible-playbook run: {host: {ok, changed, failed, ...}}."""
+    hosts: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in output.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if in_recap and ":" in line:
+            host, _, counts = line.partition(":")
+            hosts[host.strip()] = {k: int(v) for k, v in
+                                   (item.split("=") for item in counts.split())}
+    return hosts

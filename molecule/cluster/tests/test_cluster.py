@@ -1,0 +1,211 @@
+"""The whole cluster, end to end, through the consumer's published port on the manager.
+
+Each fault test starts a background load (a request every 0.1 s), injects the fault,
+checks what users saw, undoes the fault, and records the measured outcome in
+.cache/resilience.json (docs/resilience.md quotes it). The tests run in file order;
+each leaves the cluster healthy for the next.
+"""
+
+import tempfile
+import time
+
+import pytest
+
+from cluster import (
+    FAKE_OWM, NETWORK, PROJECT, Consumer, Load, container_ids, on_node, producers_on,
+    record, recap, run_playbook, sh, started_at, wait_for,
+)
+
+MANAGER, PIS = "manager", ["pi1", "pi2"]
+ZIPS = ["10001", "94103", "60601", "73301", "98101", "02108"]
+
+
+@pytest.fixture(scope="module")
+def consumer():
+    return Consumer(MANAGER)
+
+
+def instances(nodes):
+    return {inst: node for node in nodes for inst in producers_on(node).values()}
+
+
+def fresh(answer):
+    return answer.status == 200 and answer.body.get("stale") is False
+
+
+def serving_instances(consumer, rounds=24):
+    """Producer instances that answered fresh in some rounds of requests."""
+    seen = set()
+    for i in range(rounds):
+        a = consumer.weather(ZIPS[i % len(ZIPS)])
+        if fresh(a):
+            seen.add(a.producer)
+    return seen
+
+
+def test_every_pi_runs_a_registered_producer(consumer):
+    by_instance = instances(PIS)
+    assert {node for node in by_instance.values()} == set(PIS)
+    status = consumer.status()
+    healthy = {p["id"] for p in status["producers"] if p["healthy"]}
+    for inst in by_instance:
+        assert any(inst in pid for pid in healthy), (inst, status["producers"])
+
+
+def test_fresh_weather_from_a_producer_on_an_arm64_pi(consumer):
+    by_instance = instances(PIS)
+    answers, _ = wait_for(lambda: [a for a in (consumer.weather(z) for z in ZIPS) if fresh(a)],
+                          timeout=60, what="a fresh answer")
+    answer = answers[0]
+    assert answer.body["source"] == "producer"
+    assert answer.body["city"] == f"City {answer.body['zip']}"
+    node = by_instance[answer.producer]
+    assert on_node(node, "uname", "-m") == "aarch64"
+    # Client-side balancing: both Pis serve.
+    assert {by_instance[i] for i in serving_instances(consumer) if i in by_instance} == set(PIS)
+
+
+def test_a_crashed_producer_fails_no_request(consumer):
+    victim_node = "pi1"
+    name, instance = next(iter(producers_on(victim_node).items()))
+    pid = on_node(victim_node, "docker", "inspect", "-f", "{{ .State.Pid }}", name)
+    before = started_at(victim_node, name)
+    with Load(consumer, ZIPS) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        on_node(victim_node, "kill", "-9", pid)  # a crash, not `docker stop`
+        time.sleep(8)
+        during = load.since(t0)
+        others = {a.producer for a in during if fresh(a)}
+        # Docker restarts it (restart policy) and it registers again.
+        _, back = wait_for(lambda: instance in serving_instances(consumer, rounds=12),
+                           timeout=180, interval=1, what=f"{instance} to serve again")
+    failures = load.failures(t0)
+    record("producer crash (kill -9)", requests=len(load.since(t0)),
+           failed=len(failures), seconds_until_it_served_again=round(back + 8, 1))
+    assert failures == [], failures[:5]
+    # The other producers took the traffic while the victim was down.
+    assert others - {instance}, others
+    assert started_at(victim_node, name) != before
+
+
+def test_owm_down_serves_stale_answers_with_their_age(consumer):
+    for z in ZIPS:  # every zip cached (last good) by some producer
+        consumer.weather(z)
+    with Load(consumer, ZIPS) as load:
+        t0 = time.monotonic()
+        on_node(MANAGER, "docker", "stop", FAKE_OWM)
+        try:
+            stale, to_stale = wait_for(
+                lambda: [a for a in load.since(t0) if a.status == 200 and a.body.get("stale")],
+                timeout=120, what="a stale answer")
+            time.sleep(5)
+            t1 = time.monotonic()
+        finally:
+            on_node(MANAGER, "docker", "start", FAKE_OWM)
+        _, to_fresh = wait_for(lambda: [a for a in load.since(t1 + 2) if fresh(a)],
+                               timeout=180, what="fresh answers after OWM is back")
+    failures = load.failures(t0)
+    record("OpenWeatherMap down", requests=len(load.since(t0)), failed=len(failures),
+           statuses=dict(load.statuses(t0)), seconds_until_first_stale=round(to_stale, 1),
+           seconds_until_fresh_after_restore=round(to_fresh, 1))
+    answer = stale[0].body
+    assert answer["age_seconds"] >= 0 and "out of date" in answer["message"]
+    assert all(a.status != 500 for a in load.since(t0))
+    # Everything that was asked while OWM was down had a cached answer: no failures.
+    assert failures == [], failures[:5]
+
+
+def test_all_producers_down_gives_stale_or_a_clear_503_never_500(consumer):
+    for z in ZIPS:
+        consumer.weather(z)  # the consumer keeps these as its last good answers
+    names = {node: list(producers_on(node)) for node in PIS}
+    with Load(consumer, ZIPS + ["33101"]) as load:  # 33101 never asked before: nothing cached
+        t0 = time.monotonic()
+        for node, containers in names.items():
+            on_node(node, "docker", "stop", *containers)
+        try:
+            time.sleep(15)
+            during = load.since(t0 + 5)
+        finally:
+            for node, containers in names.items():
+                on_node(node, "docker", "start", *containers)
+        t1 = time.monotonic()
+        _, back = wait_for(lambda: [a for a in load.since(t1) if fresh(a)], timeout=180,
+                           what="fresh answers after the producers are back")
+    statuses = {a.status for a in during}
+    cached = [a for a in during if a.body.get("zip") in ZIPS and a.status == 200]
+    record("all producers stopped", requests=len(during), statuses=dict(load.statuses(t0 + 5)),
+           stale_answers=sum(1 for a in during if a.body.get("stale")),
+           seconds_until_fresh_after_restart=round(back, 1))
+    assert 500 not in statuses and statuses <= {200, 503}, statuses
+    assert cached and all(a.body["source"] == "consumer-cache" and a.body["stale"] for a in cached)
+    unknown = [a for a in during if a.status == 503]
+    assert unknown and all(a.body.get("error") for a in unknown)
+
+
+def test_a_whole_pi_down_keeps_the_cluster_answering(consumer):
+    victim = "pi2"
+    survivors = set(producers_on("pi1").values())
+    with Load(consumer, ZIPS) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        sh("docker", "stop", "-t", "0", victim)  # the plug pulled
+        time.sleep(20)
+        t1 = time.monotonic()
+        served = {a.producer for a in load.since(t1 - 10) if fresh(a)}
+        sh("docker", "start", victim)
+        _, back = wait_for(lambda: set(producers_on(victim).values()) & serving_instances(consumer, 12),
+                           timeout=420, interval=3, what=f"{victim}'s producer to serve again")
+    failures = load.failures(t0)
+    record("a Pi powered off", requests=len(load.since(t0)), failed=len(failures),
+           statuses=dict(load.statuses(t0)), seconds_until_its_producer_served_again=round(back, 1))
+    assert failures == [], failures[:5]
+    assert served and served <= survivors, served
+
+
+def test_adding_a_third_pi_joins_and_serves_and_restarts_nothing(consumer):
+    new = "pi3"
+    before = {node: container_ids(node) for node in [MANAGER, *PIS]}
+    start_nodes = tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False)
+    start_nodes.write(f"""
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    lab_network: {NETWORK}
+    lab_nodes: [{{name: {new}, image: "weather-lab/node-engine:trixie-arm64"}}]
+    lab_labels: {{owner: molecule, molecule.scenario: cluster}}
+  tasks:
+    - ansible.builtin.include_tasks: {PROJECT}/lab/tasks/start-nodes.yml
+""")
+    start_nodes.close()
+    extra = tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False)
+    extra.write(f"""all:
+  children:
+    workers:
+      hosts:
+        {new}: {{ansible_connection: docker, ansible_user: root}}
+    lab_arm64:
+      hosts:
+        {new}:
+""")
+    extra.close()
+    assert run_playbook(start_nodes.name).returncode == 0
+    t0 = time.monotonic()
+    run = run_playbook(PROJECT / "playbooks" / "site.yml", inventories=[extra.name])
+    converge = time.monotonic() - t0
+    assert run.returncode == 0, run.stdout[-3000:]
+    counts = recap(run.stdout)
+    new_instances = set(producers_on(new).values())
+    _, to_serve = wait_for(lambda: new_instances & serving_instances(consumer, 12),
+                           timeout=180, interval=2, what=f"{new}'s producer to serve")
+    after = {node: container_ids(node) for node in [MANAGER, *PIS]}
+    record("a third Pi added (site.yml)", converge_seconds=round(converge),
+           changed_per_host={h: c["changed"] for h, c in counts.items()},
+           seconds_until_it_served=round(to_serve, 1))
+    assert new_instances
+    assert on_node(new, "uname", "-m") == "aarch64"
+    for node in [MANAGER, *PIS]:
+        assert counts[node]["changed"] == 0, (node, counts[node])
+        assert after[node] == before[node], node
