@@ -141,14 +141,22 @@ class Load:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """Poll until predicate() is truthy; return (value, seconds waited)."""
-    start = time.monotonic()
+    """Poll until predicate() is truthy; return (value, seconds waited).
+
+    An exception from the predicate (a node still booting, a daemon not up yet) counts
+    as "not yet"; the last one is reported if time runs out.
+    """
+    start, last_error = time.monotonic(), None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except (AssertionError, OSError, subprocess.SubprocessError, requests.RequestException) as exc:
+            value, last_error = None, exc
         if value:
             return value, time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                 + (f" (last error: {last_error})" if last_error else ""))
         time.sleep(interval)
 
 

@@ -8,6 +8,7 @@ each leaves the cluster healthy for the next.
 
 import tempfile
 import time
+from collections import Counter
 
 import pytest
 
@@ -121,12 +122,12 @@ def test_all_producers_down_gives_stale_or_a_clear_503_never_500(consumer):
         consumer.weather(z)  # the consumer keeps these as its last good answers
     names = {node: list(producers_on(node)) for node in PIS}
     with Load(consumer, ZIPS + ["33101"]) as load:  # 33101 never asked before: nothing cached
-        t0 = time.monotonic()
-        for node, containers in names.items():
-            on_node(node, "docker", "stop", *containers)
         try:
+            for node, containers in names.items():
+                on_node(node, "docker", "stop", *containers)
+            t_down = time.monotonic()  # every producer has stopped (and deregistered)
             time.sleep(15)
-            during = load.since(t0 + 5)
+            during = load.since(t_down + 1)
         finally:
             for node, containers in names.items():
                 on_node(node, "docker", "start", *containers)
@@ -135,10 +136,11 @@ def test_all_producers_down_gives_stale_or_a_clear_503_never_500(consumer):
                            what="fresh answers after the producers are back")
     statuses = {a.status for a in during}
     cached = [a for a in during if a.body.get("zip") in ZIPS and a.status == 200]
-    record("all producers stopped", requests=len(during), statuses=dict(load.statuses(t0 + 5)),
+    record("all producers stopped", requests=len(during),
+           statuses=dict(Counter(a.status for a in during)),
            stale_answers=sum(1 for a in during if a.body.get("stale")),
            seconds_until_fresh_after_restart=round(back, 1))
-    assert 500 not in statuses and statuses <= {200, 503}, statuses
+    assert statuses <= {200, 503}, statuses  # never a 500, never a dropped connection
     assert cached and all(a.body["source"] == "consumer-cache" and a.body["stale"] for a in cached)
     unknown = [a for a in during if a.status == 503]
     assert unknown and all(a.body.get("error") for a in unknown)
