@@ -80,7 +80,12 @@ class Answer:
 
     @property
     def producer(self) -> str | None:
-        return self.body.get("producer")
+        """The producer instance that answered (its container's instance label).
+
+        `producer` in the consumer's answer is the Consul service ID
+        (weather-producer-<instance>); `instance` is the instance itself.
+        """
+        return self.body.get("instance")
 
 
 class Consumer:
