@@ -21,7 +21,6 @@ import requests
 
 LABEL = "org.weather-cluster"
 PRODUCER_APP = "weather-producer"
-CONSUMER = "weather-consumer"
 FAKE_OWM = "weather-fake-owm"
 CONSUMER_PORT = 8080
 NETWORK = "molecule-default"
@@ -45,10 +44,6 @@ def on_node(node: str, *argv: str, check: bool = True, timeout: float = 120) -> 
 def node_ip(node: str) -> str:
     return sh("docker", "inspect", "-f",
               "{{ (index .NetworkSettings.Networks \"%s\").IPAddress }}" % NETWORK, node)
-
-
-def node_running(node: str) -> bool:
-    return sh("docker", "inspect", "-f", "{{ .State.Running }}", node, check=False) == "true"
 
 
 def producers_on(node: str) -> dict[str, str]:
