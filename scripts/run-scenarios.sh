@@ -17,6 +17,16 @@ destroy_nodes() { molecule destroy -s default >/dev/null 2>&1 || true; }
 destroy_nodes
 [ "${KEEP_NODES:-0}" = 1 ] || trap destroy_nodes EXIT
 
+# The whole-cluster scenario re-runs site.yml (every tier, every node) for idempotence
+# and in check mode; when it closes the run, the role scenarios before it only converge
+# and verify (and docker_engine dry-runs the bare nodes first). See
+# .config/molecule/config.yml.
+if [ "${!#}" = cluster ]; then
+  export WEATHER_ROLE_SEQUENCE="[syntax, create, prepare, converge, verify, destroy]"
+  export WEATHER_ENGINE_SEQUENCE="[syntax, create, prepare, check, converge, verify, destroy]"
+  echo "[molecule] the cluster scenario closes this run: role scenarios converge and verify; idempotence and check run once, over site.yml"
+fi
+
 status=0
 total=$SECONDS
 declare -a summary

@@ -16,22 +16,12 @@ cleanup() {
 trap cleanup EXIT
 printf 'bench:\n  hosts:\n    %s: {ansible_connection: docker, ansible_user: root, ansible_python_interpreter: /usr/bin/python3}\n' "$node" > "$tmp/inventory.yml"
 inv="$tmp/inventory.yml"
-cat > "$tmp/start.yml" <<YML
-- name: Start the benchmark node
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars:
-    lab_network: bench-ansible
-    lab_nodes: [{name: $node, image: "weather-lab/node-engine:trixie-arm64"}]
-    lab_labels: {owner: bench}
-  tasks:
-    - name: Start it
-      ansible.builtin.include_tasks: $PWD/lab/tasks/start-nodes.yml
-YML
 
 echo "[bench] starting $node (weather-lab/node-engine:trixie-arm64)"
-ansible-playbook -i "$inv" "$tmp/start.yml" >"$tmp/start.log" 2>&1 || { cat "$tmp/start.log"; exit 1; }
+ansible-playbook -i "$inv" lab/start-nodes.yml \
+  -e "{\"lab_network\": \"bench-ansible\", \"lab_labels\": {\"owner\": \"bench\"},
+       \"lab_nodes\": [{\"name\": \"$node\", \"image\": \"weather-lab/node-engine:trixie-arm64\"}]}" \
+  >"$tmp/start.log" 2>&1 || { cat "$tmp/start.log"; exit 1; }
 
 run() {  # strategy -> seconds
   local start=$SECONDS

@@ -63,6 +63,18 @@ def container_ids(node: str) -> dict[str, str]:
     return result
 
 
+def node_diagnosis(node: str) -> str:
+    """What a node's Docker is doing, for a failure message."""
+    parts = []
+    for argv in (["systemctl", "is-system-running"],
+                 ["systemctl", "status", "--no-pager", "docker", "containerd"],
+                 ["journalctl", "-b", "--no-pager", "-n", "40", "-u", "docker", "-u", "containerd"],
+                 ["docker", "ps", "-a"]):
+        proc = subprocess.run(["docker", "exec", node, *argv], capture_output=True, text=True, timeout=60)
+        parts.append(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(parts)
+
+
 def started_at(node: str, container: str) -> str:
     return on_node(node, "docker", "inspect", "-f", "{{ .State.StartedAt }}", container)
 
@@ -177,7 +189,14 @@ def run_playbook(playbook: Path, *args: str, inventories: list[str] | None = Non
     for inv in inventory + (inventories or []):
         argv += ["-i", inv]
     argv += [str(playbook), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    # Only changed and failed results are printed, so a failed assertion shows what
+    # changed; the whole output is kept next to the resilience figures.
+    env = {**os.environ, "ANSIBLE_DISPLAY_OK_HOSTS": "false", "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false"}
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    log = RESULTS.parent / f"playbook-{Path(playbook).stem}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(run.stdout + run.stderr)
+    return run
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
