@@ -53,3 +53,26 @@ def test_quota_guard_caps_calls_per_minute(run_producer, fake_owm):
     assert statuses[200] == 10 and statuses[503] == 15
     r = prod.get(zip="39999")
     assert r.status_code == 503 and "budget" in r.json()["error"]
+
+
+def test_lookups_the_open_breaker_refuses_spend_no_quota(run_producer, fake_owm, wait_until):
+    prod = run_producer(OWM_MAX_CALLS_PER_MINUTE=8, BREAKER_FAILURE_THRESHOLD=2,
+                        BREAKER_RECOVERY_TIMEOUT=2)
+    fake_owm.set_mode("error")
+    # Two failed calls open the breaker; the other lookups are refused without a call
+    # (a slow machine may let one half-open probe through after the recovery timeout).
+    statuses = collections.Counter(prod.get(zip=f"4{i:04d}").status_code for i in range(30))
+    assert statuses == {503: 30}
+    spent = fake_owm.stats()["total"]
+    assert 2 <= spent <= 4, fake_owm.stats()
+    fake_owm.set_mode("ok")
+    # Once the breaker lets calls through again, the budget left is 8 minus the calls
+    # really made, not minus the 30 lookups.
+    wait_until(lambda: prod.get(zip="45000").status_code == 200, timeout=10,
+               what="the breaker to let a call through again")
+    left = 8 - spent - 1
+    assert [prod.get(zip=f"4510{i}").status_code for i in range(left)] == [200] * left
+    assert fake_owm.stats()["total"] == 8
+    # The ninth call in the minute is the guard's to refuse.
+    r = prod.get(zip="45999")
+    assert r.status_code == 503 and "budget" in r.json()["error"]

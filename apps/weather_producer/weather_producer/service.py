@@ -39,17 +39,26 @@ class RateLimiter:
         self._times: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def try_acquire(self) -> bool:
-        if self.limit <= 0:
-            return True
+    def try_acquire(self) -> float | None:
+        """Take a slot: its token (truthy), or None when the window is full."""
         now = time.monotonic()
+        if self.limit <= 0:
+            return now
         with self._lock:
             while self._times and now - self._times[0] >= self.window:
                 self._times.popleft()
             if len(self._times) >= self.limit:
-                return False
+                return None
             self._times.append(now)
-            return True
+            return now
+
+    def release(self, token: float) -> None:
+        """Give a slot back: the call it was taken for never reached the upstream."""
+        with self._lock:
+            try:
+                self._times.remove(token)
+            except ValueError:  # already out of the window
+                pass
 
 
 class WeatherService:
@@ -102,12 +111,15 @@ class WeatherService:
             return shared
         if not self.owm.key.get():
             raise OwmAuthError(self.owm.key.error or "no OWM API key configured")
-        if not self.limiter.try_acquire():
+        slot = self.limiter.try_acquire()
+        if slot is None:
             self.metrics.upstream.labels(upstream="owm", outcome="quota_guard").inc()
             raise QuotaExceeded("OpenWeatherMap call budget for this minute is spent")
         try:
             value = self.breaker.call(self.owm.fetch, zip_code, country)
         except CircuitOpenError:
+            # The open breaker refused without calling OWM: that spent none of the budget.
+            self.limiter.release(slot)
             self.metrics.upstream.labels(upstream="owm", outcome="breaker_open").inc()
             raise
         except UnknownZip:
