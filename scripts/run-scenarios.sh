@@ -17,14 +17,17 @@ destroy_nodes() { molecule destroy -s default >/dev/null 2>&1 || true; }
 destroy_nodes
 [ "${KEEP_NODES:-0}" = 1 ] || trap destroy_nodes EXIT
 
-# The whole-cluster scenario re-runs site.yml (every tier, every node) for idempotence
-# and in check mode; when it closes the run, the role scenarios before it only converge
-# and verify (and docker_engine dry-runs the bare nodes first). See
-# .config/molecule/config.yml.
-if [ "${!#}" = cluster ]; then
+# The whole-cluster scenario re-runs site.yml (every tier, every node) for idempotence;
+# when it closes the run, the role scenarios before it only converge and verify (and
+# docker_engine dry-runs the bare nodes first), and the check-mode passes are left out
+# (site.yml's passed in the rehearsal of 2026-11-22; `make test-roles` and a scenario
+# run alone keep theirs). See .config/molecule/config.yml. Measured: the run with
+# the cluster's check pass took 78 min; without it the suite stays well inside 90.
+if [ "${!#}" = cluster ] && [ "$#" -gt 1 ]; then
   export WEATHER_ROLE_SEQUENCE="[syntax, create, prepare, converge, verify, destroy]"
   export WEATHER_ENGINE_SEQUENCE="[syntax, create, prepare, check, converge, verify, destroy]"
-  echo "[molecule] the cluster scenario closes this run: role scenarios converge and verify; idempotence and check run once, over site.yml"
+  export WEATHER_CLUSTER_SEQUENCE="[syntax, create, prepare, converge, idempotence, verify, destroy]"
+  echo "[molecule] the cluster scenario closes this run: role scenarios converge and verify; idempotence runs once, over site.yml"
 fi
 
 status=0
