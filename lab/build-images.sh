@@ -19,8 +19,9 @@
 #           weather-lab/busybox:1.37.0-ARCH      Debian 13's busybox-static
 #           weather-lab/python-base:3.13-trixie-ARCH  the rootfs (it has python3.13): the apps' build stage
 #
-# arm64 debootstrap runs under qemu-user: about 5 minutes (12 on a busy machine). The
-# seed images fetch their packages in an amd64 stage, so nothing else runs apt under qemu.
+# arm64 debootstrap runs under qemu-user: about 5 minutes (12 on a busy machine). Every
+# image above the rootfs fetches its packages in an amd64 stage, so nothing else runs
+# apt's dependency solver or list parsing under qemu.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -93,17 +94,23 @@ build_layer() {
   log "$image: built in $(( SECONDS - start )) s"
 }
 
+# Every layer above the rootfs fetches its packages in a stage on the amd64 rootfs
+# (apt under qemu parses its lists for minutes); the target stage only unpacks.
+fetch_args() { printf '%s\n' --build-arg "FETCH_BASE=weather-lab/rootfs:$SUITE-amd64" --build-arg "DEB_ARCH=$1"; }
+
 build_node() {
+  local fetch; mapfile -t fetch < <(fetch_args "$1")
   build_rootfs "$1"
-  build_layer node "$1" "weather-lab/rootfs:$SUITE-$1" "weather-lab/node:$SUITE-$1"
+  build_layer node "$1" "weather-lab/rootfs:$SUITE-$1" "weather-lab/node:$SUITE-$1" "${fetch[@]}"
 }
 
 build_engine() {
-  build_layer node-engine "$1" "weather-lab/node:$SUITE-$1" "weather-lab/node-engine:$SUITE-$1"
+  local fetch; mapfile -t fetch < <(fetch_args "$1")
+  build_layer node-engine "$1" "weather-lab/node:$SUITE-$1" "weather-lab/node-engine:$SUITE-$1" "${fetch[@]}"
 }
 
 build_seed() {
-  local arch=$1 fetch=(--build-arg "FETCH_BASE=weather-lab/rootfs:$SUITE-amd64" --build-arg "DEB_ARCH=$1")
+  local arch=$1 fetch; mapfile -t fetch < <(fetch_args "$1")
   build_layer consul "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/consul:1.8.7-$arch" "${fetch[@]}"
   fix_arch "weather-lab/consul:1.8.7-$arch" "$arch"
   build_layer registry "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/registry:2.8.3-$arch" "${fetch[@]}"
@@ -131,9 +138,8 @@ main() {
   mkdir -p "$CACHE_DIR"
   local what=${1:-all}; shift || true
   local arches=("$@"); [ "${#arches[@]}" -gt 0 ] || arches=(amd64 arm64)
-  # The seed images' fetch stage always runs on the amd64 rootfs: build it first when
-  # amd64 itself is not among the architectures asked for.
-  case "$what:${arches[*]}" in seed:*amd64*|all:*amd64*) ;; seed:*|all:*) build_rootfs amd64 ;; esac
+  # The fetch stages always run on the amd64 rootfs: build it first.
+  build_rootfs amd64
   for a in "${arches[@]}"; do
     case "$what" in
       node) build_node "$a" ;;
