@@ -133,12 +133,20 @@ def test_half_open_lets_exactly_one_trial_through_under_concurrency(stubs, make_
     b.set("error")
     while b.hits() == 0:
         get(client)
-    b.set("slow", delay=0.4)  # the trial will take a while
+    # The trial takes a while (well inside the 2 s try): every request below is routed
+    # while it is still in flight, however slowly this machine schedules the threads;
+    # once it succeeds the breaker closes and b takes its share again, legitimately.
+    b.set("slow", delay=1.2)
     hits_before = b.hits()
     time.sleep(0.6)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(get(client).status_code))
-               for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def one_request():
+        start.wait(5)
+        results.append(get(client).status_code)
+
+    threads = [threading.Thread(target=one_request) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
