@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import testinfra
 
 LABEL = "org.weather-cluster"
 PRODUCER_APP = "weather-producer"
@@ -46,9 +48,10 @@ def node_ip(node: str) -> str:
               "{{ (index .NetworkSettings.Networks \"%s\").IPAddress }}" % NETWORK, node)
 
 
-def producers_on(node: str) -> dict[str, str]:
-    """The node's producer containers: {container name: instance id}."""
-    out = on_node(node, "docker", "ps", "--filter", f"label={LABEL}.app={PRODUCER_APP}",
+def producers_on(node: str, stopped_too: bool = False) -> dict[str, str]:
+    """The node's (running) producer containers: {container name: instance id}."""
+    out = on_node(node, "docker", "ps", *(["-a"] if stopped_too else []),
+                  "--filter", f"label={LABEL}.app={PRODUCER_APP}",
                   "--format", "{{ .Names }} {{ .Label \"%s.instance\" }}" % LABEL)
     return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
@@ -73,6 +76,39 @@ def node_diagnosis(node: str) -> str:
         proc = subprocess.run(["docker", "exec", node, *argv], capture_output=True, text=True, timeout=60)
         parts.append(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
     return "\n".join(parts)
+
+
+# Runs inside the manager with the node's own python3 (no curl there).
+_CONSUL_GET = r"""
+import sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:8500" + sys.argv[1], headers={"X-Consul-Token": sys.argv[2]})
+sys.stdout.write(urllib.request.urlopen(req, timeout=15).read().decode())
+"""
+
+
+def inventory_vars(node: str = "manager") -> dict:
+    """A node's variables from the scenario's inventory (the test secrets live there)."""
+    host = testinfra.get_host(f"ansible://{node}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    return host.ansible.get_variables()
+
+
+def consul_producers(manager: str, token: str) -> dict[str, list[str]]:
+    """Every producer instance registered in Consul, passing or not: {service ID: statuses}."""
+    out = on_node(manager, "python3", "-c", _CONSUL_GET, f"/v1/health/service/{PRODUCER_APP}", token)
+    return {entry["Service"]["ID"]: [c["Status"] for c in entry["Checks"]] for entry in json.loads(out)}
+
+
+def extra_inventory(workers: list[str] = (), retired: list[str] = ()) -> str:
+    """An inventory file that adds lab Pis (containers on this machine, arm64) to the
+    scenario's: the lines a user adds under `workers` or moves under `retired`."""
+    lines = ["all:", "  children:"]
+    for group, hosts in (("workers", workers), ("retired", retired), ("lab_arm64", [*workers, *retired])):
+        if hosts:
+            lines += [f"    {group}:", "      hosts:"]
+            lines += [f"        {h}: {{ansible_connection: docker, ansible_user: root}}" for h in hosts]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    return f.name
 
 
 def started_at(node: str, container: str) -> str:

@@ -7,18 +7,21 @@ each leaves the cluster healthy for the next.
 """
 
 import json
-import tempfile
+import threading
 import time
 from collections import Counter
 
 import pytest
+import requests
 
 from cluster import (
-    FAKE_OWM, NETWORK, PROJECT, Consumer, Load, container_ids, node_diagnosis, on_node, producers_on,
-    record, recap, run_playbook, sh, started_at, wait_for,
+    FAKE_OWM, NETWORK, PRODUCER_APP, PROJECT, Consumer, Load, consul_producers, container_ids,
+    extra_inventory, inventory_vars, node_diagnosis, on_node, producers_on, record, recap,
+    run_playbook, sh, started_at, wait_for,
 )
 
 MANAGER, PIS = "manager", ["pi1", "pi2"]
+THIRD = "pi3"  # started and added by the third-Pi test; the tests after it use it
 ZIPS = ["10001", "94103", "60601", "73301", "98101", "02108"]
 
 
@@ -178,39 +181,111 @@ def test_a_whole_pi_down_keeps_the_cluster_answering(consumer):
 def test_adding_a_third_pi_joins_and_serves_and_restarts_nothing(consumer):
     """One line in the inventory, site.yml limited to the managers and the new Pi (as
     the README says): it joins and serves, and nothing that ran before restarts."""
-    new = "pi3"
     before = {node: container_ids(node) for node in [MANAGER, *PIS]}
     nodes = {"lab_network": NETWORK, "lab_labels": {"owner": "molecule", "molecule.scenario": "cluster"},
-             "lab_nodes": [{"name": new, "image": "weather-lab/node-engine:trixie-arm64"}]}
+             "lab_nodes": [{"name": THIRD, "image": "weather-lab/node-engine:trixie-arm64"}]}
     started = run_playbook(PROJECT / "lab" / "start-nodes.yml", "-e", json.dumps(nodes))
     assert started.returncode == 0, started.stdout[-3000:]
     # The one line a user adds under workers (and the lab's arm64 group for the emulation shim).
-    extra = tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False)
-    extra.write(f"""all:
-  children:
-    workers:
-      hosts:
-        {new}: {{ansible_connection: docker, ansible_user: root}}
-    lab_arm64:
-      hosts:
-        {new}:
-""")
-    extra.close()
     t0 = time.monotonic()
-    run = run_playbook(PROJECT / "playbooks" / "site.yml", "--limit", f"managers:{new}",
-                       inventories=[extra.name])
+    run = run_playbook(PROJECT / "playbooks" / "site.yml", "--limit", f"managers:{THIRD}",
+                       inventories=[extra_inventory(workers=[THIRD])])
     converge = time.monotonic() - t0
     assert run.returncode == 0, run.stdout[-3000:]
     counts = recap(run.stdout)
-    new_instances = set(producers_on(new).values())
+    new_instances = set(producers_on(THIRD).values())
     _, to_serve = wait_for(lambda: new_instances & serving_instances(consumer, 12),
-                           timeout=180, interval=2, what=f"{new}'s producer to serve")
+                           timeout=180, interval=2, what=f"{THIRD}'s producer to serve")
     after = {node: container_ids(node) for node in [MANAGER, *PIS]}
     record("a third Pi added (site.yml --limit managers:pi3)", converge_seconds=round(converge),
            changed_per_host={h: c["changed"] for h, c in counts.items()},
            seconds_until_it_served=round(to_serve, 1))
     assert new_instances
-    assert on_node(new, "uname", "-m") == "aarch64"
+    assert on_node(THIRD, "uname", "-m") == "aarch64"
     assert counts[MANAGER]["changed"] == 0, (counts[MANAGER], run.stdout[-3000:])
     for node in [MANAGER, *PIS]:
         assert after[node] == before[node], node
+
+
+def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
+    """A change to the producers' settings re-creates every producer, one node at a time,
+    each passing in Consul before the next is touched: no request fails. (A new image
+    tag takes the same path: the settings and the image make the spec each producer is
+    labelled with. A settings change is used because a new arm64 image costs minutes of
+    emulated build.)"""
+    pis = [*PIS, THIRD]
+    before = {node: container_ids(node) for node in pis}
+    consumer_before = container_ids(MANAGER)
+    rolled = {inst for node in pis for inst in producers_on(node).values()}
+    rolled_ids = {f"{PRODUCER_APP}-{inst}" for inst in rolled}  # their Consul service IDs
+    # Toggle the producers' cache TTL (10 s in this scenario), so a re-run changes it again.
+    env = on_node(pis[0], "docker", "inspect", "-f", "{{ range .Config.Env }}{{ println . }}{{ end }}",
+                  next(iter(producers_on(pis[0]))))
+    ttl = "11" if "WEATHER_PRODUCER_CACHE_TTL=10" in env.splitlines() else "10"
+    healthy_counts = []
+    stop = threading.Event()
+
+    def watch_consul_view():  # what the consumer sees passing, twice a second
+        while not stop.is_set():
+            try:
+                rows = consumer.status()["producers"]
+                healthy_counts.append(sum(1 for p in rows if p["healthy"] and p["id"] in rolled_ids))
+            except (requests.RequestException, ValueError, KeyError):
+                pass
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch_consul_view, daemon=True)
+    with Load(consumer, ZIPS) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        watcher.start()
+        try:
+            run = run_playbook(PROJECT / "playbooks" / "apps.yml",
+                               "-e", json.dumps({"weather_app_producer_env": {"CACHE_TTL": ttl}}),
+                               inventories=[extra_inventory(workers=[THIRD])])
+        finally:
+            stop.set()
+            watcher.join(10)
+        rollout = time.monotonic() - t0
+        time.sleep(3)
+    assert run.returncode == 0, run.stdout[-3000:]
+    failures = load.failures(t0)
+    after = {node: container_ids(node) for node in pis}
+    record("a rolling update of every producer (apps.yml, settings changed)", requests=len(load.since(t0)),
+           failed=len(failures), rollout_seconds=round(rollout), producers=len(rolled),
+           fewest_passing_during_rollout=min(healthy_counts, default=None))
+    assert failures == [], failures[:5]
+    for node in pis:  # every producer was re-created...
+        assert after[node] != before[node], node
+    assert container_ids(MANAGER) == consumer_before  # ...and nothing else
+    # ...never two at once: the consumer always saw all but at most one passing.
+    assert healthy_counts and min(healthy_counts) >= len(rolled) - 1, healthy_counts
+
+
+def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consumer):
+    """Its line moved from workers to retired, site.yml limited to the managers and that
+    Pi: its producers deregister and are removed, no request fails, nothing else restarts."""
+    token = inventory_vars(MANAGER)["consul_kv_app_tokens"]["consumer"]
+    leaving = set(producers_on(THIRD).values())
+    assert leaving
+    registered = consul_producers(MANAGER, token)
+    assert {f"{PRODUCER_APP}-{i}" for i in leaving} <= set(registered), registered
+    before = {node: container_ids(node) for node in [MANAGER, *PIS]}
+    with Load(consumer, ZIPS) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        run = run_playbook(PROJECT / "playbooks" / "site.yml", "--limit", f"managers:{THIRD}",
+                           inventories=[extra_inventory(retired=[THIRD])])
+        took = time.monotonic() - t0
+        time.sleep(5)
+    assert run.returncode == 0, run.stdout[-3000:]
+    failures = load.failures(t0)
+    served_after = {a.producer for a in load.since(t0 + took) if fresh(a)}
+    record("a Pi moved to retired (site.yml --limit managers:pi3)", requests=len(load.since(t0)),
+           failed=len(failures), run_seconds=round(took))
+    assert producers_on(THIRD, stopped_too=True) == {}
+    registered = consul_producers(MANAGER, token)
+    assert not {f"{PRODUCER_APP}-{i}" for i in leaving} & set(registered), registered
+    assert failures == [], failures[:5]
+    assert served_after and not served_after & leaving, served_after
+    assert {node: container_ids(node) for node in [MANAGER, *PIS]} == before
