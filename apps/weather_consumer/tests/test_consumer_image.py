@@ -1,6 +1,6 @@
 """The consumer IMAGE: read-only, non-root, healthy, balancing, stale fallback, Consul (slow).
 
-Builds the wheelhouse (host pip) and the image (context apps/), then runs on a private
+Builds the image (testkit/dockerkit.py: wheelhouse, context apps/), then runs on a private
 Docker network: two stub producers (tests/stub_producer.py, stdlib only, run with the
 consumer image's own python3), a consul agent (the host's /usr/bin/consul in the base
 image) and the consumer with ``--read-only --tmpfs /tmp``.
@@ -9,73 +9,35 @@ image) and the consumer with ``--read-only --tmpfs /tmp``.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
+from dockerkit import BASE_IMAGE, MAX_IMAGE_BYTES, DockerNetwork, build_app_image, docker
 
 pytestmark = [pytest.mark.slow, pytest.mark.consul]
 
-APPS = Path(__file__).resolve().parents[2]
 STUB = Path(__file__).with_name("stub_producer.py")
-BASE_IMAGE = "weather-lab/python-base:3.13-trixie"
 IMAGE = "weather-lab/weather-consumer:test"
-MAX_IMAGE_BYTES = 80 * 1000 * 1000
 CONSUMER_STALE = "CAUTION - Response out of date, producer unreachable!"
-
-
-def _docker(*args: str, check: bool = True, timeout: float = 600) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr[-2000:]}")
-    return proc.stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def image():
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"],
-                                                        capture_output=True).returncode != 0:
-        pytest.fail("no Docker daemon answers (run scripts/setup-host.sh)")
-    if subprocess.run(["docker", "image", "inspect", BASE_IMAGE],
-                      capture_output=True).returncode != 0:
-        pytest.fail(f"{BASE_IMAGE} missing: build it as apps/weather_producer/tests/test_image.py does")
-    subprocess.run(["bash", str(APPS / "build-wheelhouse.sh"), "x86_64"], check=True,
-                   capture_output=True, timeout=600)
-    _docker("build", "-q", "-f", str(APPS / "weather_consumer" / "Dockerfile"),
-            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "WHEEL_ARCH=x86_64",
-            "-t", IMAGE, str(APPS))
-    return IMAGE
+    return build_app_image("weather_consumer", IMAGE)
 
 
 @pytest.fixture
 def lab():
-    net = f"wctest-{uuid.uuid4().hex[:6]}"
-    _docker("network", "create", net)
-    state: dict = {"net": net, "containers": []}
-    yield state
-    for name in state["containers"]:
-        _docker("rm", "-f", name, check=False)
-    _docker("network", "rm", net, check=False)
+    net = DockerNetwork("wctest")
+    yield net
+    net.close()
 
 
-def _run(lab: dict, name: str, *args: str) -> str:
-    full = f"{lab['net']}-{name}"
-    lab["containers"].append(full)
-    _docker("run", "-d", "--name", full, "--network", lab["net"], "--network-alias", name, *args)
-    return full
-
-
-def _stub(lab: dict, image: str, name: str) -> str:
-    return _run(lab, name, "--read-only", "-v", f"{STUB}:/stub/stub_producer.py:ro",
-                "--entrypoint", "python3", image, "/stub/stub_producer.py", name, "8000", "0.0.0.0")
-
-
-def _host_port(container: str, port: int) -> int:
-    return int(_docker("port", container, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
+def _stub(lab: DockerNetwork, image: str, name: str) -> str:
+    return lab.run(name, "--read-only", "-v", f"{STUB}:/stub/stub_producer.py:ro",
+                   "--entrypoint", "python3", image, "/stub/stub_producer.py", name, "8000", "0.0.0.0")
 
 
 def _wait(url: str, timeout: float = 30, status: int = 200) -> requests.Response:
@@ -92,16 +54,16 @@ def _wait(url: str, timeout: float = 30, status: int = 200) -> requests.Response
 
 
 def test_image_size(image):
-    size = int(_docker("image", "inspect", "-f", "{{.Size}}", image))
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", image))
     assert size <= MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.1f} MB"
 
 
 def test_consumer_container_balances_falls_back_and_runs_locked_down(image, lab):
     _stub(lab, image, "p1")
     _stub(lab, image, "p2")
-    cons = _run(lab, "consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
-                "-e", "WEATHER_CONSUMER_PRODUCER_URLS=http://p1:8000,http://p2:8000", image)
-    url = f"http://127.0.0.1:{_host_port(cons, 8080)}"
+    cons = lab.run("consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
+                   "-e", "WEATHER_CONSUMER_PRODUCER_URLS=http://p1:8000,http://p2:8000", image)
+    url = f"http://127.0.0.1:{lab.host_port(cons, 8080)}"
     assert _wait(f"{url}/ready").status_code == 200
 
     bodies = [requests.get(f"{url}/api/weather", params={"zip": "10001"}, timeout=5).json()
@@ -111,50 +73,50 @@ def test_consumer_container_balances_falls_back_and_runs_locked_down(image, lab)
     assert page.status_code == 200 and "Town 10001" in page.text
     assert requests.get(f"{url}/static/style.css", timeout=5).status_code == 200
 
-    _docker("kill", f"{lab['net']}-p1")
+    docker("kill", f"{lab.net}-p1")
     for _ in range(6):
         b = requests.get(f"{url}/api/weather", params={"zip": "10001"}, timeout=5).json()
         assert b["instance"] == "p2" and b["stale"] is False
-    _docker("kill", f"{lab['net']}-p2")
+    docker("kill", f"{lab.net}-p2")
     r = requests.get(f"{url}/weather", params={"zip": "10001"}, timeout=5)
     assert r.status_code == 200 and CONSUMER_STALE in r.text and 'id="stale-banner"' in r.text
     r = requests.get(f"{url}/api/weather", params={"zip": "20002"}, timeout=5)
     assert r.status_code == 503 and r.json()["error"]
 
-    info = json.loads(_docker("inspect", cons))[0]
+    info = json.loads(docker("inspect", cons))[0]
     assert info["HostConfig"]["ReadonlyRootfs"] is True
     assert info["Config"]["User"] == "10001:10001"
-    assert _docker("exec", cons, "python3", "-c",
-                   "import os; print(os.getuid(), os.getgid())") == "10001 10001"
+    assert docker("exec", cons, "python3", "-c",
+                  "import os; print(os.getuid(), os.getgid())") == "10001 10001"
     hc = info["Config"]["Healthcheck"]["Test"]
     assert hc[:2] == ["CMD", "python3"]
-    _docker("exec", cons, *hc[1:])
-    logs = _docker("logs", cons)
+    docker("exec", cons, *hc[1:])
+    logs = docker("logs", cons)
     access = [json.loads(line) for line in logs.splitlines()
               if line.startswith("{") and '"weather.access"' in line]
     assert any(a["path"] == "/api/weather" and a["status"] == 503 for a in access)
     assert "Traceback" not in logs and "Read-only file system" not in logs
 
     t0 = time.monotonic()
-    _docker("stop", "-t", "20", cons)
+    docker("stop", "-t", "20", cons)
     assert time.monotonic() - t0 < 10, "SIGTERM must stop the consumer promptly"
 
 
 def test_consumer_container_discovers_producers_in_consul(image, lab):
-    consul = _run(lab, "consul", "-p", "127.0.0.1::8500", "-v",
-                  "/usr/bin/consul:/usr/bin/consul:ro", BASE_IMAGE,
-                  "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn")
-    consul_url = f"http://127.0.0.1:{_host_port(consul, 8500)}"
+    consul = lab.run("consul", "-p", "127.0.0.1::8500", "-v",
+                     "/usr/bin/consul:/usr/bin/consul:ro", BASE_IMAGE,
+                     "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn")
+    consul_url = f"http://127.0.0.1:{lab.host_port(consul, 8500)}"
     _wait(f"{consul_url}/v1/status/leader")
     for name in ("p1", "p2"):
         stub = _stub(lab, image, name)
-        ip = json.loads(_docker("inspect", stub))[0]["NetworkSettings"]["Networks"][lab["net"]]["IPAddress"]
+        ip = json.loads(docker("inspect", stub))[0]["NetworkSettings"]["Networks"][lab.net]["IPAddress"]
         requests.put(f"{consul_url}/v1/agent/service/register", timeout=5, json={
             "Name": "weather-producer", "ID": f"weather-producer-{name}", "Address": ip,
             "Port": 8000}).raise_for_status()
-    cons = _run(lab, "consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
-                "-e", "WEATHER_CONSUMER_CONSUL_HTTP_ADDR=http://consul:8500", image)
-    url = f"http://127.0.0.1:{_host_port(cons, 8080)}"
+    cons = lab.run("consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
+                   "-e", "WEATHER_CONSUMER_CONSUL_HTTP_ADDR=http://consul:8500", image)
+    url = f"http://127.0.0.1:{lab.host_port(cons, 8080)}"
     assert _wait(f"{url}/ready").status_code == 200
     status = requests.get(f"{url}/api/status", timeout=5).json()
     assert sorted(p["id"] for p in status["producers"]) == ["weather-producer-p1",
@@ -163,7 +125,7 @@ def test_consumer_container_discovers_producers_in_consul(image, lab):
                 .json()["producer"] for _ in range(4)}
     assert answered == {"weather-producer-p1", "weather-producer-p2"}
     # Consul goes away: the consumer keeps serving from the last known list.
-    _docker("kill", consul)
+    docker("kill", consul)
     time.sleep(1)
     for _ in range(4):
         r = requests.get(f"{url}/api/weather", params={"zip": "10001"}, timeout=5)

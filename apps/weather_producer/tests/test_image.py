@@ -1,6 +1,6 @@
 """The producer and fake OWM IMAGES: read-only, non-root, against a consul agent (slow).
 
-Builds the wheelhouse (host pip) and both images (context apps/), then runs, on a private
+Builds both images (testkit/dockerkit.py: wheelhouse, context apps/), then runs, on a private
 Docker network: consul (the host's /usr/bin/consul mounted into the base image), the fake
 OWM image and the producer image with ``--read-only --tmpfs /tmp``.
 """
@@ -12,65 +12,27 @@ import shutil
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
+from dockerkit import BASE_IMAGE, MAX_IMAGE_BYTES, DockerNetwork, build_app_image, docker
 
 pytestmark = [pytest.mark.slow, pytest.mark.consul]
 
-APPS = Path(__file__).resolve().parents[2]
-BASE_IMAGE = "weather-lab/python-base:3.13-trixie"
 PRODUCER_IMAGE = "weather-lab/weather-producer:test"
 FAKE_IMAGE = "weather-lab/fake-owm:test"
-MAX_IMAGE_BYTES = 80 * 1000 * 1000
-
-
-def _docker(*args: str, check: bool = True, timeout: float = 600) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr[-2000:]}")
-    return proc.stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def images():
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip("no Docker daemon answers (run scripts/setup-host.sh)")
-    if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode != 0:
-        root = Path("/tmp") / f"python-base-{uuid.uuid4().hex[:6]}"
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", "trixie", str(root),
-                        "http://deb.debian.org/debian"], check=True, capture_output=True, timeout=900)
-        subprocess.run(f"tar -C {root} -c . | docker import - {BASE_IMAGE}", shell=True, check=True, timeout=600)
-        shutil.rmtree(root, ignore_errors=True)
-    subprocess.run(["bash", str(APPS / "build-wheelhouse.sh"), "x86_64"], check=True, capture_output=True, timeout=600)
-    for dockerfile, tag in (("weather_producer/Dockerfile", PRODUCER_IMAGE), ("fake_owm/Dockerfile", FAKE_IMAGE)):
-        _docker("build", "-q", "-f", str(APPS / dockerfile), "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-                "--build-arg", "WHEEL_ARCH=x86_64", "-t", tag, str(APPS))
-    return PRODUCER_IMAGE, FAKE_IMAGE
+    return build_app_image("weather_producer", PRODUCER_IMAGE), build_app_image("fake_owm", FAKE_IMAGE)
 
 
 @pytest.fixture
-def lab(tmp_path, owm_key):
-    """A private network; yields a dict to record container names; removes all at the end."""
-    net = f"wtest-{uuid.uuid4().hex[:6]}"
-    _docker("network", "create", net)
-    state: dict = {"net": net, "containers": []}
-    yield state
-    for name in state["containers"]:
-        _docker("rm", "-f", name, check=False)
-    _docker("network", "rm", net, check=False)
-
-
-def _run(lab: dict, name: str, *args: str) -> str:
-    full = f"{lab['net']}-{name}"
-    lab["containers"].append(full)
-    _docker("run", "-d", "--name", full, "--network", lab["net"], "--network-alias", name, *args)
-    return full
-
-
-def _host_port(container: str, port: int) -> int:
-    return int(_docker("port", container, f"{port}/tcp").splitlines()[0].rsplit(":", 1)[1])
+def lab():
+    net = DockerNetwork("wtest")
+    yield net
+    net.close()
 
 
 def _wait(url: str, timeout: float = 30) -> requests.Response:
@@ -86,7 +48,7 @@ def _wait(url: str, timeout: float = 30) -> requests.Response:
 
 def test_images_size(images):
     for image in images:
-        size = int(_docker("image", "inspect", "-f", "{{.Size}}", image))
+        size = int(docker("image", "inspect", "-f", "{{.Size}}", image))
         assert size <= MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.1f} MB"
 
 
@@ -100,18 +62,18 @@ def test_producer_container_read_only_non_root_with_consul(images, lab, tmp_path
     keys.write_text(owm_key + "\n")
     keys.chmod(0o444)
 
-    consul = _run(lab, "consul", "-p", "127.0.0.1::8500", "-v", "/usr/bin/consul:/usr/bin/consul:ro", BASE_IMAGE,
-                  "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn")
-    _run(lab, "fake-owm", "--read-only", "--tmpfs", "/tmp", "-v", f"{keys}:/run/secrets/owm_api_keys:ro", fake_image)
+    consul = lab.run("consul", "-p", "127.0.0.1::8500", "-v", "/usr/bin/consul:/usr/bin/consul:ro", BASE_IMAGE,
+                     "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn")
+    lab.run("fake-owm", "--read-only", "--tmpfs", "/tmp", "-v", f"{keys}:/run/secrets/owm_api_keys:ro", fake_image)
     instance = f"img-{uuid.uuid4().hex[:6]}"
-    prod = _run(lab, "producer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8000",
-                "-v", f"{key}:/run/secrets/owm_api_key:ro",
-                "-e", "WEATHER_PRODUCER_OWM_BASE_URL=http://fake-owm:8090",
-                "-e", "WEATHER_PRODUCER_CONSUL_HTTP_ADDR=http://consul:8500",
-                "-e", f"WEATHER_PRODUCER_INSTANCE_ID={instance}",
-                producer_image)
-    consul_url = f"http://127.0.0.1:{_host_port(consul, 8500)}"
-    url = f"http://127.0.0.1:{_host_port(prod, 8000)}"
+    prod = lab.run("producer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8000",
+                   "-v", f"{key}:/run/secrets/owm_api_key:ro",
+                   "-e", "WEATHER_PRODUCER_OWM_BASE_URL=http://fake-owm:8090",
+                   "-e", "WEATHER_PRODUCER_CONSUL_HTTP_ADDR=http://consul:8500",
+                   "-e", f"WEATHER_PRODUCER_INSTANCE_ID={instance}",
+                   producer_image)
+    consul_url = f"http://127.0.0.1:{lab.host_port(consul, 8500)}"
+    url = f"http://127.0.0.1:{lab.host_port(prod, 8000)}"
 
     r = _wait(f"{url}/weather?zip=10001&country=us")
     assert r.status_code == 200, r.text
@@ -120,26 +82,26 @@ def test_producer_container_read_only_non_root_with_consul(images, lab, tmp_path
     assert requests.get(f"{url}/ready", timeout=5).json()["cache_backend"] == "consul"
 
     # read-only, non-root
-    info = json.loads(_docker("inspect", prod))[0]
+    info = json.loads(docker("inspect", prod))[0]
     assert info["HostConfig"]["ReadonlyRootfs"] is True
     assert info["Config"]["User"] == "10001:10001"
-    uid = _docker("exec", prod, "python3", "-c", "import os; print(os.getuid(), os.getgid())")
+    uid = docker("exec", prod, "python3", "-c", "import os; print(os.getuid(), os.getgid())")
     assert uid == "10001 10001"
     write = subprocess.run(["docker", "exec", prod, "python3", "-c", "open('/app/x', 'w')"], capture_output=True)
     assert write.returncode != 0 and b"Read-only file system" in write.stderr
     # the healthcheck command works in the image (no curl: python)
     hc = info["Config"]["Healthcheck"]["Test"]
     assert hc[0] == "CMD" and hc[1] == "python3"
-    _docker("exec", prod, *hc[1:])
+    docker("exec", prod, *hc[1:])
 
     # no API key anywhere in the container's or the image's configuration
-    assert owm_key not in _docker("inspect", prod)
-    assert owm_key not in _docker("image", "inspect", producer_image)
-    assert owm_key not in _docker("history", "--no-trunc", producer_image)
-    assert owm_key not in _docker("logs", prod)
+    assert owm_key not in docker("inspect", prod)
+    assert owm_key not in docker("image", "inspect", producer_image)
+    assert owm_key not in docker("history", "--no-trunc", producer_image)
+    assert owm_key not in docker("logs", prod)
 
     # registered in Consul with the container's own address on the network
-    ip = info["NetworkSettings"]["Networks"][lab["net"]]["IPAddress"]
+    ip = info["NetworkSettings"]["Networks"][lab.net]["IPAddress"]
     deadline = time.monotonic() + 20
     while True:
         entries = requests.get(f"{consul_url}/v1/health/service/weather-producer", params={"passing": "true"},
@@ -154,7 +116,7 @@ def test_producer_container_read_only_non_root_with_consul(images, lab, tmp_path
     assert kv["value"]["city"] == "City 10001"
 
     # docker stop = SIGTERM: deregistered at once
-    _docker("stop", "-t", "20", prod)
+    docker("stop", "-t", "20", prod)
     entries = requests.get(f"{consul_url}/v1/health/service/weather-producer", timeout=3).json()
     assert entries == []
-    assert "deregistered" in _docker("logs", prod)
+    assert "deregistered" in docker("logs", prod)
