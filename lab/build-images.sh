@@ -19,7 +19,7 @@
 #           weather-lab/busybox:1.37.0-ARCH      Debian 13's busybox-static
 #           weather-lab/python-base:3.13-trixie-ARCH  the rootfs (it has python3.13): the apps' build stage
 #
-# arm64 debootstrap runs under qemu-user: about 5 minutes (12 on a busy machine). Every
+# arm64 debootstrap runs under qemu-user: 5-8 minutes (12 on a busy machine). Every
 # image above the rootfs fetches its packages in an amd64 stage, so nothing else runs
 # apt's dependency solver or list parsing under qemu.
 set -euo pipefail
