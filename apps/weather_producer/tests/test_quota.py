@@ -46,7 +46,10 @@ def test_200_concurrent_clients_over_50_zips_stay_within_owm_quota(run_producer,
 
 
 def test_quota_guard_caps_calls_per_minute(run_producer, fake_owm):
-    prod = run_producer(OWM_MAX_CALLS_PER_MINUTE=10)
+    # Generous timeouts, as above: 10 of the 25 calls must reach the fake and answer.
+    # With the default 1 s read timeout a slow moment of this machine turned 6 of them
+    # into timeouts (the cap held: the fake still counted exactly 10).
+    prod = run_producer(OWM_MAX_CALLS_PER_MINUTE=10, OWM_READ_TIMEOUT=10, OWM_CONNECT_TIMEOUT=5)
     zips = [f"{30000 + i}" for i in range(25)]
     statuses = _hammer(prod.url, 25, zips, per_client=1)
     assert fake_owm.stats()["total"] == 10
