@@ -267,9 +267,10 @@ def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consume
     Pi: its producers deregister and are removed, no request fails, nothing else restarts."""
     token = inventory_vars(MANAGER)["consul_kv_app_tokens"]["consumer"]
     leaving = set(producers_on(THIRD).values())
+    leaving_ids = {f"{PRODUCER_APP}-{i}" for i in leaving}  # their Consul service IDs
     assert leaving
     registered = consul_producers(MANAGER, token)
-    assert {f"{PRODUCER_APP}-{i}" for i in leaving} <= set(registered), registered
+    assert leaving_ids <= set(registered), registered
     before = {node: container_ids(node) for node in [MANAGER, *PIS]}
     with Load(consumer, ZIPS) as load:
         time.sleep(3)
@@ -285,7 +286,7 @@ def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consume
            failed=len(failures), run_seconds=round(took))
     assert producers_on(THIRD, stopped_too=True) == {}
     registered = consul_producers(MANAGER, token)
-    assert not {f"{PRODUCER_APP}-{i}" for i in leaving} & set(registered), registered
+    assert not leaving_ids & set(registered), registered
     assert failures == [], failures[:5]
     assert served_after and not served_after & leaving, served_after
     assert {node: container_ids(node) for node in [MANAGER, *PIS]} == before
