@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from weather_common.cache import FreshCache
 from weather_producer.service import STALE_MESSAGE
 
 FIELDS = {"zip", "country", "city", "description", "temperature_c", "observed_at", "instance", "stale",
@@ -176,10 +177,14 @@ def test_api_key_never_logged(run_producer, fake_owm, owm_key, wsgi_server):
 
 
 def test_metrics_count_cache_hits_and_fallbacks(run_producer, fake_owm):
-    prod = run_producer(CACHE_TTL=0.2)
+    # The fresh cache's clock is the test's: a hit within the TTL and the expiry after it
+    # do not depend on how fast a loaded machine answers (a 0.2 s TTL raced a 278 ms call).
+    shift = [0.0]
+    prod = run_producer(CACHE_TTL=60)
+    prod.producer.service.fresh = FreshCache(ttl=60, clock=lambda: time.time() + shift[0])
     _prime(prod)
     prod.get(zip="10001")
-    time.sleep(0.3)
+    shift[0] = 61.0  # the fresh entry expired
     fake_owm.set_mode("error")
     prod.get(zip="10001")
     text = prod.get("/metrics").text
