@@ -3,8 +3,9 @@
 # first and does nothing when its work is already done, so `make test` can call it
 # on every run.
 #
-#   - apt: docker.io, debootstrap, qemu-user-static (bookworm-backports: qemu >= 10 is
-#     needed for systemd in arm64 containers), consul 1.8.7 (bullseye, pinned low),
+#   - apt: docker.io, mmdebstrap (+ arch-test, for foreign architectures),
+#     qemu-user-static (bookworm-backports: qemu >= 10 is needed for systemd in arm64
+#     containers), consul 1.8.7 (bullseye, pinned low),
 #     chromium + chromium-driver (browser tests of the weather page), wrk (benchmarks)
 #   - a Docker daemon (started by hand when none answers: there is no systemd here)
 #   - the qemu-aarch64 binfmt handler, re-registered so the kernel uses qemu >= 10
@@ -45,7 +46,7 @@ setup_apt_sources() {
 
 install_packages() {
   local missing=()
-  for p in docker.io debootstrap chromium chromium-driver wrk curl; do
+  for p in docker.io mmdebstrap arch-test chromium chromium-driver wrk curl; do
     have_pkg "$p" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
