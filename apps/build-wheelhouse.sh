@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fill apps/.wheelhouse/<arch>/ with every wheel the app images need, using the HOST's pip
-# (containers cannot reach PyPI here). The Dockerfiles install from it with
+# (containers cannot reach PyPI here). apps/Dockerfile installs from it with
 # `pip install --no-index --find-links`.
 #
 #   apps/build-wheelhouse.sh x86_64|aarch64      (amd64 / arm64 are accepted as aliases)

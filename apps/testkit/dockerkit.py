@@ -34,7 +34,7 @@ def docker(*args: str, check: bool = True, timeout: float = 600) -> str:
 
 
 def build_app_image(app_dir: str, tag: str) -> str:
-    """Build apps/<app_dir>/Dockerfile (context apps/) for x86_64 as ``tag``.
+    """Build the image of apps/<app_dir> (apps/Dockerfile, its stage ``app_dir``) for x86_64 as ``tag``.
 
     The Docker daemon and the lab's base image come from the project's own scripts
     (``make test-apps`` runs scripts/setup-host.sh; the base image is built here with
@@ -50,8 +50,8 @@ def build_app_image(app_dir: str, tag: str) -> str:
         subprocess.run(["bash", str(APPS / "build-wheelhouse.sh"), "x86_64"], check=True,
                        capture_output=True, timeout=600)
         _wheelhouse_built = True
-    docker("build", "-q", "-f", str(APPS / app_dir / "Dockerfile"), "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-           "--build-arg", "WHEEL_ARCH=x86_64", "-t", tag, str(APPS))
+    docker("build", "-q", "-f", str(APPS / "Dockerfile"), "--target", app_dir, "--build-arg", f"APP={app_dir}",
+           "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "WHEEL_ARCH=x86_64", "-t", tag, str(APPS))
     return tag
 
 

@@ -13,9 +13,10 @@ Prints one JSON object:
      "tags": {"producer": {"amd64": "0.1.0-<hash>-amd64"}, "consumer": {}, "fake_owm": {}}}
 
 An image's hash covers what ends up in it: the files of weather_common and of the app
-(its package, pyproject.toml and Dockerfile; not its tests), the names of the wheels in
-.wheelhouse/<arch>/ (the third-party versions) and the base image. Same inputs, same
-tag: an unchanged app is never rebuilt. Read-only: it changes nothing.
+(its package and pyproject.toml; not its tests), apps/Dockerfile (shared by the three
+apps: a change to it rebuilds them all), the names of the wheels in .wheelhouse/<arch>/
+(the third-party versions) and the base image. Same inputs, same tag: an unchanged app
+is never rebuilt. Read-only: it changes nothing.
 
 A wheelhouse is current when it has wheels and its stamp (.weather-app-sources, written by
 the role after apps/build-wheelhouse.sh) matches the hash of all our packages' sources.
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 
 STAMP = ".weather-app-sources"
+DOCKERFILE = "Dockerfile"  # apps/Dockerfile: every app's image
 COMMON = "weather_common"
 ARCH_TO_WHEEL = {"amd64": "x86_64", "arm64": "aarch64"}
 # Never in an image (tests, caches, build leftovers of editable installs).
@@ -38,7 +40,7 @@ SKIP_DIRS = {"tests", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesi
 SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
-def package_files(root: Path, include_dockerfile: bool = True) -> list[Path]:
+def package_files(root: Path) -> list[Path]:
     """Files of one package directory that can reach an image, in a stable order."""
     files = []
     for path in sorted(root.rglob("*")):
@@ -46,8 +48,6 @@ def package_files(root: Path, include_dockerfile: bool = True) -> list[Path]:
         if not path.is_file() or path.name.endswith(SKIP_SUFFIXES):
             continue
         if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts[:-1]):
-            continue
-        if not include_dockerfile and rel.as_posix() == "Dockerfile":
             continue
         files.append(path)
     return files
@@ -89,11 +89,13 @@ def main() -> None:
     for directory in [COMMON, *apps.values()]:
         if not (apps_dir / directory / "pyproject.toml").is_file():
             sys.exit(f"{apps_dir / directory} has no pyproject.toml: is weather_app_apps_dir right?")
+    if not (apps_dir / DOCKERFILE).is_file():
+        sys.exit(f"{apps_dir / DOCKERFILE} is missing: is weather_app_apps_dir right?")
 
     # Our packages' sources, as the wheels in every wheelhouse were built from them.
     sources = hashlib.sha256()
     for directory in [COMMON, *sorted(apps.values())]:
-        hash_files(sources, apps_dir, package_files(apps_dir / directory, include_dockerfile=False))
+        hash_files(sources, apps_dir, package_files(apps_dir / directory))
     sources_hash = sources.hexdigest()
 
     wheelhouse = {}
@@ -117,6 +119,7 @@ def main() -> None:
         digest = hashlib.sha256()
         hash_files(digest, apps_dir, package_files(apps_dir / COMMON))
         hash_files(digest, apps_dir, package_files(apps_dir / directory))
+        hash_files(digest, apps_dir, [apps_dir / DOCKERFILE])
         digest.update(b"wheels:" + "\n".join(wheel_names(apps_dir / ".wheelhouse" / wheel_arch)).encode() + b"\n")
         digest.update(b"base:" + args.base_image.encode() + b"\n")
         short = digest.hexdigest()[:12]
