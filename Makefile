@@ -20,8 +20,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # shared set of lab nodes (scripts/run-scenarios.sh, .config/molecule/config.yml). Each
 # role scenario converges its tier on the nodes the previous ones built; the
 # whole-cluster scenario closes the run (site.yml on the manager and two Pis,
-# idempotence over every tier, faults, a third Pi), so the role scenarios before it
-# only converge and verify (check mode: make test-roles, make molecule-cluster).
+# idempotence and check mode over every tier, faults, a third Pi), so the role
+# scenarios before it only converge and verify (their own passes: make test-roles).
 ROLE_SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
 SCENARIOS ?= $(ROLE_SCENARIOS) cluster
 
