@@ -180,11 +180,13 @@ def test_metrics_count_cache_hits_and_fallbacks(run_producer, fake_owm):
     # The fresh cache's clock is the test's: a hit within the TTL and the expiry after it
     # do not depend on how fast a loaded machine answers (a 0.2 s TTL raced a 278 ms call).
     shift = [0.0]
-    prod = run_producer(CACHE_TTL=60)
-    prod.producer.service.fresh = FreshCache(ttl=60, clock=lambda: time.time() + shift[0])
+    prod = run_producer()
+    svc = prod.producer.service
+    svc.fresh = FreshCache(ttl=svc.fresh.ttl, max_entries=svc.fresh.max_entries,
+                           clock=lambda: time.time() + shift[0])
     _prime(prod)
     prod.get(zip="10001")
-    shift[0] = 61.0  # the fresh entry expired
+    shift[0] = svc.fresh.ttl + 1  # the fresh entry expired
     fake_owm.set_mode("error")
     prod.get(zip="10001")
     text = prod.get("/metrics").text
