@@ -25,6 +25,8 @@ LABEL = "org.weather-cluster"
 PRODUCER_APP = "weather-producer"
 FAKE_OWM = "weather-fake-owm"
 CONSUMER_PORT = 8080
+OPERATOR_PORT = 9080  # the consumer's operator listener, on the manager's loopback
+FAKE_OWM_PORT = 8090  # the fake OWM's control API, on the manager's loopback
 NETWORK = "molecule-default"
 PROJECT = Path(__file__).resolve().parents[3]
 RESULTS = PROJECT / ".cache" / "resilience.json"
@@ -120,6 +122,7 @@ class Answer:
     at: float
     status: int
     body: dict = field(default_factory=dict)
+    seconds: float = 0.0  # how long the user waited for it
 
     @property
     def producer(self) -> str | None:
@@ -131,27 +134,148 @@ class Answer:
         return self.body.get("instance")
 
 
+# Runs inside the manager with the node's own python3: an HTTP call to one of the
+# manager's loopback ports (the consumer's operator listener, the fake OWM's control API).
+_LOOPBACK_CALL = r"""
+import sys, urllib.request
+method, url, data = sys.argv[1], sys.argv[2], sys.argv[3].encode() or None
+req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+sys.stdout.write(urllib.request.urlopen(req, timeout=15).read().decode())
+"""
+
+
+def loopback_json(node: str, port: int, path: str, method: str = "GET", payload: dict | None = None) -> dict:
+    """JSON from a port published on a node's loopback only (reached as an operator would,
+    from a shell on that node)."""
+    out = on_node(node, "python3", "-c", _LOOPBACK_CALL, method, f"http://127.0.0.1:{port}{path}",
+                  json.dumps(payload) if payload is not None else "")
+    return json.loads(out)
+
+
 class Consumer:
-    """The consumer's JSON API through its published port on the manager."""
+    """The consumer: its public API through the published port on the manager, its
+    operator listener through the manager's loopback (where the role publishes it)."""
 
     def __init__(self, manager: str):
+        self.manager = manager
         self.base = f"http://{node_ip(manager)}:{CONSUMER_PORT}"
         self.session = requests.Session()
 
-    def weather(self, zip_code: str, country: str = "us", timeout: float = 10) -> Answer:
+    def weather(self, zip_code: str, country: str = "us", timeout: float = 10,
+                session: requests.Session | None = None) -> Answer:
+        start = time.monotonic()
         try:
-            resp = self.session.get(f"{self.base}/api/weather",
+            resp = (session or self.session).get(f"{self.base}/api/weather",
                                     params={"zip": zip_code, "country": country}, timeout=timeout)
         except requests.RequestException as exc:  # a refused or dropped connection is a failure too
-            return Answer(time.monotonic(), 0, {"error": repr(exc)})
+            now = time.monotonic()
+            return Answer(now, 0, {"error": repr(exc)}, now - start)
+        now = time.monotonic()
         try:
             body = resp.json()
         except ValueError:
             body = {"raw": resp.text[:200]}
-        return Answer(time.monotonic(), resp.status_code, body)
+        return Answer(now, resp.status_code, body, now - start)
 
     def status(self) -> dict:
-        return self.session.get(f"{self.base}/api/status", timeout=10).json()
+        """The operator status (producers with addresses and breakers, cached places)."""
+        return loopback_json(self.manager, OPERATOR_PORT, "/api/status")
+
+
+class FakeOwm:
+    """The fake OpenWeatherMap on the manager, driven through its loopback control API."""
+
+    def __init__(self, manager: str):
+        self.manager = manager
+
+    def mode(self, mode: str, delay: float | None = None) -> dict:
+        return loopback_json(self.manager, FAKE_OWM_PORT, "/_control", "POST",
+                             {"mode": mode, **({"delay": delay} if delay is not None else {})})
+
+    def stats(self) -> dict:
+        return loopback_json(self.manager, FAKE_OWM_PORT, "/_stats")
+
+
+class BreakerWatch:
+    """Polls the consumer's operator status twice a second while a fault runs: the most
+    producers that were passing in Consul AND had their breaker open at one moment (a
+    healthy producer ejected), and every state seen."""
+
+    def __init__(self, consumer: Consumer, healthy: set[str], interval: float = 0.5):
+        self.consumer, self.healthy, self.interval = consumer, healthy, interval
+        self.max_open = 0
+        self.open_seen: set[str] = set()
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rows = self.consumer.status()["producers"]
+            except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
+                rows = None
+            if rows is not None:
+                opened = {r["id"] for r in rows if r["id"] in self.healthy and r["breaker"] != "closed"}
+                self.open_seen |= opened
+                self.max_open = max(self.max_open, len(opened))
+                self.polls += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "BreakerWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of values; 0.0 when there are none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def burst(consumer: Consumer, zips: list[str], threads: int = 10) -> list[Answer]:
+    """Ask for every zip at once from `threads` clients (new users arriving together)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def ask(zip_code: str) -> Answer:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return consumer.weather(zip_code, session=local.session)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(ask, zips))
+
+
+class HostFirewall:
+    """iptables rules in this machine's FORWARD chain, where the lab nodes' bridge traffic
+    passes (bridge-nf-call-iptables is on): the LAN between the nodes. Every rule carries
+    a comment, and leaving the block deletes them all, pass or fail."""
+
+    COMMENT = "weather-cluster-test"
+
+    def __init__(self) -> None:
+        self.rules: list[list[str]] = []
+
+    def add(self, *rule: str) -> None:
+        spec = [*rule, "-m", "comment", "--comment", self.COMMENT]
+        sh("iptables", "-I", "FORWARD", "1", *spec)
+        self.rules.append(spec)
+
+    def __enter__(self) -> "HostFirewall":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for spec in reversed(self.rules):
+            sh("iptables", "-D", "FORWARD", *spec, check=False)
+        self.rules.clear()
 
 
 class Load:
