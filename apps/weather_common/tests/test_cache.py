@@ -105,13 +105,16 @@ def test_consul_store_is_shared_and_uses_the_contract_layout(consul_agent):
     a = ConsulLastGoodStore(consul_agent.client(), prefix=prefix)
     b = ConsulLastGoodStore(consul_agent.client(), prefix=prefix)
     a.put(location_key("us", "10001"), {"city": "New York"}, fetched_at=1234.5)
+    assert a.flush(5)  # writes are asynchronous
     got = b.get("us/10001")
     assert got == Entry({"city": "New York"}, 1234.5)
     raw = consul_agent.client().kv_get(f"{prefix}/us/10001")
     assert raw == {"value": {"city": "New York"}, "fetched_at": 1234.5}
     # zips may contain spaces
     a.put(location_key("gb", "SW1A 1AA"), {"city": "London"})
+    assert a.flush(5)
     assert b.get("gb/SW1A 1AA").value == {"city": "London"}
+    assert a.writes == 2 and a.write_failures == 0
 
 
 @pytest.mark.consul
@@ -119,6 +122,7 @@ def test_consul_store_falls_back_to_memory_when_consul_is_down(consul_factory):
     agent = consul_factory()
     store = ConsulLastGoodStore(ConsulClient(agent.url, connect_timeout=0.3, read_timeout=1), prefix="p")
     store.put("us/1", {"v": 1}, fetched_at=10)
+    assert store.flush(5)
     agent.stop()
     t0 = time.monotonic()
     store.put("us/2", {"v": 2}, fetched_at=20)  # KV down: kept in memory, no exception
@@ -197,3 +201,172 @@ def test_memory_last_good_store_bounded_under_threads():
     for t in threads:
         t.join()
     assert len(store) == 100 and len(store.items()) == 100
+
+
+# --------------------------------------------- Consul off the hot path (issue 11)
+import json as _json
+import logging
+import math
+import socket
+
+import requests
+
+from weather_common.breaker import CircuitBreaker
+from weather_common.consul import ConsulError
+from weather_common.deadline import Deadline
+
+
+class Blackhole:
+    """A TCP server on loopback that accepts and never answers (a hung Consul)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.fixture
+def blackhole():
+    b = Blackhole()
+    yield b
+    b.close()
+
+
+def test_consul_store_reads_within_the_read_budget_and_puts_never_block(blackhole):
+    store = ConsulLastGoodStore(ConsulClient(blackhole.url), prefix="p", read_budget=0.2,
+                                breaker=CircuitBreaker(failure_threshold=100, expected_exception=ConsulError,
+                                                       name="kv-test"))
+    t0 = time.monotonic()
+    for i in range(50):
+        store.put(f"us/{i}", {"v": i}, fetched_at=100 + i)
+    assert time.monotonic() - t0 < 0.05  # 50 puts on a hung Consul: no waiting
+    t0 = time.monotonic()
+    assert store.get("us/3") == Entry({"v": 3}, 103)  # memory, after the 0.2 s budget
+    elapsed = time.monotonic() - t0
+    assert 0.19 <= elapsed <= 0.3, elapsed
+    # a caller with less time left gives KV less
+    t0 = time.monotonic()
+    assert store.get("us/4", deadline=Deadline(0.05)) == Entry({"v": 4}, 104)
+    assert time.monotonic() - t0 <= 0.15
+    # a spent deadline: memory only, Consul is not even asked
+    before = blackhole.connections
+    assert store.get("us/5", deadline=0) == Entry({"v": 5}, 105)
+    time.sleep(0.05)
+    assert blackhole.connections == before
+    assert store.read_failures == 2
+    assert store.close(timeout=0.1) is False  # the writer is stuck on the hung Consul
+    assert store.dropped_writes > 0
+
+
+def test_consul_store_write_queue_is_bounded_and_keeps_the_latest_per_key(blackhole):
+    store = ConsulLastGoodStore(ConsulClient(blackhole.url, read_timeout=0.5), prefix="p",
+                                queue_size=2, write_deadline=0.5)
+    for i in range(4):
+        store.put(f"us/{i}", {"v": i}, fetched_at=100 + i)
+    # one key may be in flight, two wait; the rest are dropped (kept in memory)
+    assert store.dropped_writes in (1, 2)
+    dropped = store.dropped_writes
+    store.put("us/2", {"v": "newer"}, fetched_at=500)  # already queued or dropped: no new drop if queued
+    assert store.dropped_writes in (dropped, dropped + 1)
+    assert [store.memory.get(f"us/{i}").value for i in range(4)] == [{"v": 0}, {"v": 1}, {"v": "newer"}, {"v": 3}]
+    store.close(timeout=0.1)
+
+
+@pytest.mark.consul
+def test_consul_store_coalesces_writes_and_never_overwrites_a_newer_entry(consul_agent):
+    prefix = f"test/{time.time_ns()}"
+    client = consul_agent.client()
+    a = ConsulLastGoodStore(client, prefix=prefix)
+    for i in range(200):
+        a.put("us/10001", {"n": i}, fetched_at=1000 + i)
+    assert a.flush(5)
+    assert client.kv_get(f"{prefix}/us/10001") == {"value": {"n": 199}, "fetched_at": 1199}
+    assert 1 <= a.writes < 50  # latest value per key, not 200 writes
+    # another instance holds a NEWER answer: an older one does not replace it
+    b = ConsulLastGoodStore(client, prefix=prefix)
+    b.put("us/10001", {"n": "old"}, fetched_at=500)
+    assert b.flush(5)
+    assert b.skipped_writes == 1 and b.writes == 0
+    assert client.kv_get(f"{prefix}/us/10001")["value"] == {"n": 199}
+    assert b.get("us/10001") == Entry({"n": 199}, 1199)  # and b reads the newer one back
+    a.close()
+    b.close()
+
+
+@pytest.mark.consul
+def test_consul_store_ignores_invalid_kv_entries(consul_agent, caplog):
+    prefix = f"test/{time.time_ns()}"
+    client = consul_agent.client()
+    now = time.time()
+
+    def validate(v):
+        ok = isinstance(v, dict) and isinstance(v.get("temperature_c"), float) and math.isfinite(v["temperature_c"])
+        return v if ok else None
+
+    good = {"temperature_c": 21.5}
+    bad_values = {
+        "not-object": [1, 2],
+        "no-fetched-at": {"value": good},
+        "no-value": {"fetched_at": now},
+        "string-ts": {"value": good, "fetched_at": str(now)},
+        "bool-ts": {"value": good, "fetched_at": True},
+        "zero-ts": {"value": good, "fetched_at": 0},
+        "future-ts": {"value": good, "fetched_at": now + 60},
+        "huge-ts": {"value": good, "fetched_at": 1e300},
+        "refused-value": {"value": {"temperature_c": "hot"}, "fetched_at": now},
+    }
+    for name, raw in bad_values.items():
+        client.kv_put(f"{prefix}/x/{name}", raw)
+    # not even JSON / non-finite literals: written raw, bypassing our strict encoder
+    for name, body in (("nan", b'{"value": {"temperature_c": NaN}, "fetched_at": 1}'), ("garbage", b"\x00\xffzz")):
+        requests.put(f"{consul_agent.url}/v1/kv/{prefix}/x/{name}", data=body, timeout=5).raise_for_status()
+    client.kv_put(f"{prefix}/x/ok", {"value": good, "fetched_at": now - 10})
+    client.kv_put(f"{prefix}/x/ok-soon", {"value": good, "fetched_at": now + 2})  # clock skew within 5 s
+
+    store = ConsulLastGoodStore(client, prefix=prefix, validate=validate)
+    names = list(bad_values) + ["nan", "garbage"]
+    with caplog.at_level(logging.WARNING, logger="weather_common.cache"):
+        for _ in range(3):
+            for name in names:
+                assert store.get(f"x/{name}") is None, name
+    assert store.invalid_entries == 3 * len(names)
+    warned = [r for r in caplog.records if "ignoring last-good KV entry" in r.getMessage()]
+    assert len(warned) == len(names)  # once per key
+    assert store.breaker.state == "closed"  # garbage in KV is not a Consul outage
+    assert store.get("x/ok") == Entry(good, now - 10)
+    assert store.get("x/ok-soon").value == good
+    # a local entry is still served when KV holds garbage for the key
+    store.put("x/garbage", {"temperature_c": 3.0}, fetched_at=now)
+    assert store.get("x/garbage") == Entry({"temperature_c": 3.0}, now)
+    assert store.flush(5)
+    assert client.kv_get(f"{prefix}/x/garbage") == {"value": {"temperature_c": 3.0}, "fetched_at": now}
+    store.close()
+
+
+@pytest.mark.consul
+def test_consul_store_does_not_write_nan(consul_factory):
+    agent = consul_factory()
+    store = ConsulLastGoodStore(agent.client(), prefix="p")
+    store.put("us/1", {"t": float("nan")}, fetched_at=10)
+    assert store.flush(5)
+    assert store.write_failures == 1 and store.writes == 0
+    assert agent.client().kv_get("p/us/1") is None
+    store.close()

@@ -150,3 +150,207 @@ def test_health_watcher_follows_changes_and_keeps_list_when_consul_down(consul_f
     assert time.monotonic() - t0 < 0.05
     w.stop()
     assert changes[-1] == 1
+
+
+# ------------------------------------------------- deadlines, CAS, bad entries (issue 11)
+import json
+import socket
+
+from flask import Flask, Response
+
+from weather_common.consul import ConsulBadValue, Instance
+from weather_common.deadline import Deadline
+
+
+class _Stall:
+    """Loopback server that sends an HTTP status line and headers, then one body byte
+    every 0.8 s (``drip=True``), or nothing at all."""
+
+    def __init__(self, drip: bool) -> None:
+        self.drip = drip
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            if not self.drip:
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+                         b"X-Consul-Index: 7\r\n\r\n")
+            for _ in range(100):
+                time.sleep(0.8)
+                conn.sendall(b" ")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("drip", [True, False])
+def test_every_call_ends_by_its_deadline(drip):
+    srv = _Stall(drip)
+    try:
+        c = ConsulClient(srv.url, read_timeout=0.6)
+        for call in (lambda: c.leader(), lambda: c.kv_get("a"), lambda: c.agent_services(),
+                     lambda: c.pass_check("service:x", deadline=0.3), lambda: c.kv_put("a", 1, deadline=Deadline(0.3))):
+            t0 = time.monotonic()
+            with pytest.raises(ConsulUnavailable) as info:
+                call()
+            elapsed = time.monotonic() - t0
+            assert info.value.kind == "timeout"
+            assert elapsed <= 0.6 + 0.1, elapsed
+    finally:
+        srv.close()
+
+
+def test_blocking_query_deadline_is_wait_plus_jitter_plus_margin():
+    srv = _Stall(drip=True)
+    try:
+        c = ConsulClient(srv.url, blocking_margin=0.2)
+        assert c.blocking_deadline("1s") == pytest.approx(1 + 1 / 16 + 0.2)
+        t0 = time.monotonic()
+        with pytest.raises(ConsulUnavailable):
+            c.health_service("x", index=5, wait="1s")
+        elapsed = time.monotonic() - t0
+        assert 1.2 <= elapsed <= 1.2625 + 0.1, elapsed
+    finally:
+        srv.close()
+
+
+def test_blocking_query_without_change_returns_normally(consul_agent):
+    c = ConsulClient(consul_agent.url, blocking_margin=0.5)
+    name = _name()
+    _, index = c.health_service(name)
+    t0 = time.monotonic()
+    entries, new_index = c.health_service(name, index=index, wait="1s")
+    assert 0.9 <= time.monotonic() - t0 <= 1 + 1 / 16 + 0.5
+    assert entries == [] and new_index >= index
+
+
+def test_kv_get_index_and_cas(consul_agent):
+    c = consul_agent.client()
+    key = f"test/{uuid.uuid4().hex}/cas"
+    assert c.kv_get_index(key) == (None, 0)
+    assert c.kv_cas(key, {"v": 1}, 0) is True  # create only if absent
+    assert c.kv_cas(key, {"v": "other"}, 0) is False  # someone created it first
+    value, index = c.kv_get_index(key)
+    assert value == {"v": 1} and index > 0
+    assert c.kv_cas(key, {"v": 2}, index) is True
+    assert c.kv_cas(key, {"v": 3}, index) is False  # stale index: another writer won
+    value2, index2 = c.kv_get_index(key)
+    assert value2 == {"v": 2} and index2 > index
+    with pytest.raises(ValueError):
+        c.kv_cas(key, {"v": 4}, -1)
+    with pytest.raises(ValueError):
+        c.kv_put(key, {"v": float("inf")})  # never written: strict JSON
+    assert c.kv_get(key) == {"v": 2}
+
+
+def test_kv_garbage_values_raise_consul_bad_value(consul_agent):
+    import requests
+
+    c = consul_agent.client()
+    key = f"test/{uuid.uuid4().hex}/bad"
+    requests.put(f"{consul_agent.url}/v1/kv/{key}", data=b'{"t": NaN}', timeout=5).raise_for_status()
+    with pytest.raises(ConsulBadValue):
+        c.kv_get(key)
+    with pytest.raises(ConsulBadValue):
+        c.kv_get_index(key)
+
+
+def _fake_consul(wsgi_server, state):
+    """A Consul impostor serving whatever ``state["body"]`` holds for health queries
+    (real Consul cannot be made to send these entries)."""
+    app = Flask("fake-consul")
+
+    @app.get("/v1/health/service/<name>")
+    def health(name):
+        state["calls"] += 1
+        if "wait" in __import__("flask").request.args:
+            time.sleep(0.05)
+        return Response(state["body"], headers={"X-Consul-Index": str(state["calls"] + 10)},
+                        mimetype="application/json")
+
+    return wsgi_server(app)
+
+
+def _entry(sid, address="10.0.0.1", port=8000, node_addr="10.9.9.9"):
+    return {"Node": {"Node": "n1", "Address": node_addr},
+            "Service": {"ID": sid, "Service": "weather-producer", "Address": address, "Port": port,
+                        "Tags": [], "Meta": {"v": "1"}}}
+
+
+def test_health_watcher_skips_only_the_bad_entries(wsgi_server, wait_until, caplog):
+    good = [_entry("p-1"), _entry("p-2", address="", node_addr="10.0.0.2"), _entry("p-3", address="producer-3.lan")]
+    bad = [
+        "not an object", None, 42, [1],
+        {"Service": "nope"},
+        {"Node": {}, "Service": {"Address": "10.0.0.5", "Port": 8000}},  # no ID
+        _entry("b-port0", port=0), _entry("b-port-big", port=70000), _entry("b-port-str", port="8000"),
+        _entry("b-port-bool", port=True), _entry("b-port-float", port=8000.5),
+        _entry("b-addr", address="", node_addr=""), _entry("b-addr-garbage", address="10.0.0.1:80/x"),
+        _entry("b-addr-space", address="a b"), _entry("b-addr-type", address=["10.0.0.1"]),
+        _entry("b-addr-any", address="0.0.0.0"),
+    ]
+    state = {"calls": 0, "body": json.dumps(bad[:6] + good + bad[6:])}
+    srv = _fake_consul(wsgi_server, state)
+    with caplog.at_level("WARNING", logger="weather_common.consul"):
+        w = HealthWatcher(ConsulClient(srv.url), "weather-producer", wait="1s", max_backoff=0.2).start()
+        try:
+            assert w.wait_ready(5)
+            wait_until(lambda: state["calls"] >= 4, 5, what="several polls")
+            got = w.instances()
+            assert [(i.id, i.address, i.port) for i in got] == [
+                ("p-1", "10.0.0.1", 8000), ("p-2", "10.0.0.2", 8000), ("p-3", "producer-3.lan", 8000)]
+            assert w.consul_ok and w.last_skipped == len(bad)
+            assert w.skipped_entries >= 3 * len(bad)
+        finally:
+            w.stop()
+    skipped_logs = [r for r in caplog.records if "skipping bad catalog entry" in r.getMessage()]
+    # once per distinct (id, reason), not once per poll: the four non-objects share one line
+    messages = [r.getMessage() for r in skipped_logs]
+    assert len(messages) == len(set(messages)) == len(bad) - 3
+
+
+def test_health_watcher_keeps_last_list_on_garbage_answers(wsgi_server, wait_until):
+    state = {"calls": 0, "body": json.dumps([_entry("p-1"), _entry("p-2", address="10.0.0.2")])}
+    srv = _fake_consul(wsgi_server, state)
+    w = HealthWatcher(ConsulClient(srv.url), "weather-producer", wait="1s", max_backoff=0.2).start()
+    try:
+        wait_until(lambda: len(w.instances()) == 2, 5, what="two instances")
+        for body in ('{"not": "a list"}', "<html>oops</html>", '[{"Service": {"Port": NaN}}]',
+                     json.dumps([_entry("x", port=0)])):
+            state["body"] = body
+            calls = state["calls"]
+            wait_until(lambda: state["calls"] >= calls + 2, 5, what="polls on garbage")
+            assert [i.id for i in w.instances()] == ["p-1", "p-2"], body
+        # an EMPTY list from Consul is real news: no instance is passing
+        state["body"] = "[]"
+        wait_until(lambda: w.instances() == [], 5, what="empty list")
+    finally:
+        w.stop()
+
+
+def test_instance_from_entry_validates():
+    inst = Instance.from_entry(_entry("a", address="::1", port=65535))
+    assert (inst.id, inst.address, inst.port, inst.node, inst.meta) == ("a", "::1", 65535, "n1", {"v": "1"})
+    for bad in (_entry("a", port=-1), _entry("", port=1), {"Service": {"ID": "x", "Port": 1}}):
+        with pytest.raises(ValueError):
+            Instance.from_entry(bad)

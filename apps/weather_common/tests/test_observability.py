@@ -99,3 +99,52 @@ def test_health_ready_metrics(app_and_log):
         pass
     text = client.get("/metrics").get_data(as_text=True)
     assert 'weather_circuit_breaker_state{breaker="obs-br"} 2.0' in text
+
+
+# ------------------------------------------------------------ strict JSON (issue 11)
+def test_nan_in_a_response_is_a_generic_503_never_nan_on_the_wire(app_and_log):
+    app, _, _, stream = app_and_log
+    from flask import jsonify
+
+    @app.get("/nan-dict")
+    def nan_dict():
+        return {"temperature_c": float("nan")}
+
+    @app.get("/inf-jsonify")
+    def inf_jsonify():
+        return jsonify(temperature_c=float("inf"))
+
+    client = app.test_client()
+    for path in ("/nan-dict", "/inf-jsonify"):
+        r = client.get(path)
+        assert r.status_code == 503, path
+        assert r.get_json() == {"error": "service temporarily unavailable"}
+        assert b"NaN" not in r.data and b"Infinity" not in r.data and b"Traceback" not in r.data
+    errors = [line for line in _lines(stream) if line.get("level") == "error"]
+    assert len(errors) >= 2
+    access = [line for line in _lines(stream) if line["logger"] == "weather.access" and line["path"] == "/nan-dict"]
+    assert access and access[-1]["status"] == 503
+
+
+def test_request_bodies_with_nan_are_refused(app_and_log):
+    app, *_ = app_and_log
+    from flask import request
+
+    @app.post("/echo")
+    def echo():
+        return {"got": request.get_json()}
+
+    client = app.test_client()
+    r = client.post("/echo", data='{"t": NaN}', content_type="application/json")
+    assert r.status_code == 400 and r.get_json() == {"error": "bad request"}
+    r = client.post("/echo", data='{"t": 1.5}', content_type="application/json")
+    assert r.status_code == 200 and r.get_json() == {"got": {"t": 1.5}}
+
+
+def test_log_lines_stay_strict_json_with_nan_fields():
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "m", (), None)
+    record.fields = {"temp": float("nan"), "nested": [float("-inf")]}
+    line = JsonFormatter().format(record)
+    assert "NaN" not in line.replace('"nan"', "") and "Infinity" not in line.replace('"-inf"', "")
+    parsed = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-finite literal {c}"))
+    assert parsed["temp"] == "nan" and parsed["nested"] == ["-inf"]

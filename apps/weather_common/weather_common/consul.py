@@ -1,22 +1,27 @@
 """A small Consul HTTP API client plus two background helpers.
 
-* :class:`ConsulClient` - one ``requests.Session``, timeouts on every call, token from a
-  file (``X-Consul-Token``), agent service register/deregister, TTL check pass, blocking
-  health queries, KV get/put of JSON values.
+* :class:`ConsulClient` - on :class:`~weather_common.deadline.HttpClient`: every call is
+  bounded by ONE wall-clock deadline (``deadline=``; blocking queries get wait + wait/16 +
+  a margin) and a body cap; token from a file (``X-Consul-Token``), agent service
+  register/deregister, TTL check pass, blocking health queries, KV get/put/CAS of strict
+  JSON values.
 * :class:`ServiceRegistration` - keeps one service registered from a background thread:
   retries with backoff while Consul is down (never raises into the app), heartbeats the
   TTL check every ~TTL/3, re-registers when the agent lost the service (agent restart),
   deregisters on :meth:`ServiceRegistration.stop`.
 * :class:`HealthWatcher` - background blocking queries on a service's passing instances;
   :meth:`HealthWatcher.instances` returns the last known list immediately, also while
-  Consul is down.
+  Consul is down; a bad catalog entry is skipped (and counted), not the whole answer.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
+import base64
+import binascii
+import ipaddress
 import logging
+import re
 import os
 import random
 import threading
@@ -26,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote
 
-import requests
+from . import strictjson
+from .deadline import Deadline, HttpClient, HttpError, HttpResponse
 
 __all__ = [
     "ConsulError",
     "ConsulUnavailable",
+    "ConsulBadValue",
     "ConsulClient",
     "Instance",
     "ServiceRegistration",
@@ -51,7 +58,18 @@ class ConsulError(Exception):
 
 
 class ConsulUnavailable(ConsulError):
-    """Consul could not be reached (connection refused, timeout, ...)."""
+    """Consul could not be reached, did not answer by the deadline, or answered garbage.
+    ``kind``: the :class:`~weather_common.deadline.HttpError` kind ("timeout",
+    "connect", "too_large", "protocol")."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str = "connect") -> None:
+        super().__init__(message, status)
+        self.kind = kind
+
+
+class ConsulBadValue(ConsulError):
+    """Consul answered, but the KV value is not strict JSON (garbage in KV is not an
+    outage: breakers should not count it)."""
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -90,12 +108,24 @@ def _read_token(path: str | None) -> str | None:
 
 
 class ConsulClient:
-    """Minimal Consul HTTP API client.
+    """Minimal Consul HTTP API client; every call ends by ONE deadline.
 
     Args:
         address: base URL, e.g. ``http://127.0.0.1:8500`` (``host:port`` gets ``http://``).
         token_file: path of a file holding an ACL token (re-read when it changes).
-        connect_timeout / read_timeout: seconds, for every non-blocking call.
+        connect_timeout: accepted for compatibility and ignored: the one deadline covers
+            DNS, connect, send and the whole answer.
+        read_timeout: the default deadline (seconds) of every non-blocking call, used
+            when a method gets no ``deadline=``.
+        deadline: same as ``read_timeout`` (wins when given).
+        blocking_margin: extra seconds a blocking query gets on top of ``wait + wait/16``.
+        max_body: body cap of every answer (bytes).
+        http: an :class:`~weather_common.deadline.HttpClient` to use (tests inject one
+            with a slow resolver).
+
+    Every method takes ``deadline=`` (a :class:`Deadline` or seconds). Errors:
+    :class:`ConsulUnavailable` (not reached, timed out, garbage answer; ``.kind`` is the
+    HttpError kind) and :class:`ConsulError` (an unexpected HTTP status in ``.status``).
     """
 
     def __init__(
@@ -104,13 +134,22 @@ class ConsulClient:
         token_file: str | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 3.0,
+        *,
+        deadline: float | None = None,
+        blocking_margin: float = 2.0,
+        max_body: int = 4 * 1024 * 1024,
+        http: HttpClient | None = None,
     ) -> None:
         if "://" not in address:
             address = "http://" + address
         self.address = address.rstrip("/")
         self.token_file = token_file
-        self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
+        self.default_deadline = float(deadline) if deadline is not None else float(read_timeout)
+        self.blocking_margin = float(blocking_margin)
+        self.timeout = (connect_timeout, read_timeout)  # informational (old attribute)
+        self.max_body = int(max_body)
+        self.http = http or HttpClient(max_body=self.max_body, user_agent="weather-consul",
+                                       default_deadline=self.default_deadline)
         self._token_mtime: float | None = None
         self._token: str | None = None
         self._token_lock = threading.Lock()
@@ -134,6 +173,9 @@ class ConsulClient:
             token = self._token
         return {"X-Consul-Token": token} if token else {}
 
+    def _deadline(self, deadline: Deadline | float | None) -> Deadline:
+        return Deadline.coerce(deadline, self.default_deadline)
+
     def _request(
         self,
         method: str,
@@ -141,29 +183,39 @@ class ConsulClient:
         *,
         params: dict[str, Any] | None = None,
         data: bytes | str | None = None,
-        timeout: tuple[float, float] | None = None,
+        deadline: Deadline | float | None = None,
         ok: tuple[int, ...] = (200,),
-    ) -> requests.Response:
+    ) -> HttpResponse:
         url = f"{self.address}{path}"
+        if isinstance(data, str):
+            data = data.encode("utf-8")
         try:
-            resp = self.session.request(
-                method, url, params=params, data=data, headers=self._headers(),
-                timeout=timeout or self.timeout,
+            resp = self.http.request(
+                method, url, params=params, body=data, headers=self._headers(),
+                deadline=self._deadline(deadline), max_body=self.max_body,
             )
-        except requests.RequestException as exc:
-            raise ConsulUnavailable(f"consul {method} {path}: {type(exc).__name__}") from exc
-        if resp.status_code not in ok:
-            body = resp.text[:200].strip()
-            raise ConsulError(f"consul {method} {path}: HTTP {resp.status_code} {body}", resp.status_code)
+        except HttpError as exc:
+            raise ConsulUnavailable(f"consul {method} {path}: {exc.kind} ({exc.phase})", kind=exc.kind) from None
+        if resp.status not in ok:
+            body = resp.body[:200].decode("utf-8", "replace").strip()
+            raise ConsulError(f"consul {method} {path}: HTTP {resp.status} {body}", resp.status)
         return resp
 
+    @staticmethod
+    def _json(resp: HttpResponse, what: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise ConsulUnavailable(f"consul {what}: answer is not strict JSON", kind="protocol") from None
+
     def close(self) -> None:
-        self.session.close()
+        self.http.close()
 
     # --------------------------------------------------------------------- status
-    def leader(self) -> str:
+    def leader(self, deadline: Deadline | float | None = None) -> str:
         """The raft leader address ("" when there is none)."""
-        return self._request("GET", "/v1/status/leader").json() or ""
+        value = self._json(self._request("GET", "/v1/status/leader", deadline=deadline), "leader")
+        return value if isinstance(value, str) else ""
 
     # ---------------------------------------------------------------------- agent
     def register_service(
@@ -176,6 +228,7 @@ class ConsulClient:
         deregister_after: str = "1m",
         tags: list[str] | None = None,
         meta: dict[str, str] | None = None,
+        deadline: Deadline | float | None = None,
     ) -> None:
         """``PUT /v1/agent/service/register`` with a TTL check, initially passing.
 
@@ -196,72 +249,125 @@ class ConsulClient:
                 "DeregisterCriticalServiceAfter": deregister_after,
             },
         }
-        self._request("PUT", "/v1/agent/service/register", data=json.dumps(payload))
+        self._request("PUT", "/v1/agent/service/register", data=strictjson.dumps(payload), deadline=deadline)
 
     @staticmethod
     def check_id(service_id: str) -> str:
         return f"service:{service_id}"
 
-    def deregister_service(self, service_id: str) -> None:
-        self._request("PUT", f"/v1/agent/service/deregister/{quote(service_id, safe='')}")
+    def deregister_service(self, service_id: str, deadline: Deadline | float | None = None) -> None:
+        self._request("PUT", f"/v1/agent/service/deregister/{quote(service_id, safe='')}", deadline=deadline)
 
-    def pass_check(self, check_id: str, note: str = "") -> None:
+    def pass_check(self, check_id: str, note: str = "", deadline: Deadline | float | None = None) -> None:
         """``PUT /v1/agent/check/pass/<id>``; raises ConsulError if the agent lost it."""
         params = {"note": note} if note else None
-        self._request("PUT", f"/v1/agent/check/pass/{quote(check_id, safe='')}", params=params)
+        self._request("PUT", f"/v1/agent/check/pass/{quote(check_id, safe='')}", params=params, deadline=deadline)
 
-    def agent_services(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/agent/services").json()
+    def agent_services(self, deadline: Deadline | float | None = None) -> dict[str, Any]:
+        value = self._json(self._request("GET", "/v1/agent/services", deadline=deadline), "agent services")
+        if not isinstance(value, dict):
+            raise ConsulUnavailable("consul agent services: answer is not an object", kind="protocol")
+        return value
 
     # --------------------------------------------------------------------- health
+    def blocking_deadline(self, wait: str | float) -> float:
+        """Seconds a blocking query with ``wait`` may take: wait + wait/16 (Consul's
+        jitter) + ``blocking_margin``."""
+        wait_s = parse_duration(wait)
+        return wait_s + wait_s / 16 + self.blocking_margin
+
     def health_service(
         self,
         name: str,
         passing: bool = True,
         index: int | None = None,
         wait: str = "30s",
-    ) -> tuple[list[dict[str, Any]], int]:
-        """``GET /v1/health/service/<name>``; a blocking query when ``index`` is given.
+        deadline: Deadline | float | None = None,
+    ) -> tuple[list[Any], int]:
+        """``GET /v1/health/service/<name>``; a blocking query when ``index`` is given
+        (then the default deadline is :meth:`blocking_deadline`).
 
-        Returns ``(entries, X-Consul-Index)``.
+        Returns ``(entries, X-Consul-Index)``. ``entries`` is the decoded JSON list as
+        Consul sent it (not checked per entry: :class:`HealthWatcher` does that).
         """
         params: dict[str, Any] = {}
         if passing:
             params["passing"] = "true"
-        timeout = self.timeout
         if index:
             params["index"] = str(index)
             params["wait"] = wait
-            # Consul adds up to wait/16 of jitter; leave room for it.
-            wait_s = parse_duration(wait)
-            timeout = (self.timeout[0], wait_s + wait_s / 16 + self.timeout[1])
-        resp = self._request("GET", f"/v1/health/service/{quote(name, safe='')}", params=params, timeout=timeout)
+            if deadline is None:
+                deadline = self.blocking_deadline(wait)
+        resp = self._request("GET", f"/v1/health/service/{quote(name, safe='')}", params=params, deadline=deadline)
         try:
-            new_index = int(resp.headers.get("X-Consul-Index", "0"))
+            new_index = int(resp.headers.get("x-consul-index", "0"))
         except ValueError:
             new_index = 0
-        return resp.json() or [], new_index
+        entries = self._json(resp, f"health {name}")
+        if entries is None:
+            entries = []
+        if not isinstance(entries, list):
+            raise ConsulUnavailable(f"consul health {name}: answer is not a list", kind="protocol")
+        return entries, max(0, new_index)
 
     # ------------------------------------------------------------------------- KV
-    def kv_get(self, key: str) -> Any | None:
-        """JSON-decoded value of ``key``, or None when absent."""
-        resp = self._request("GET", f"/v1/kv/{quote(key, safe='/')}", params={"raw": ""}, ok=(200, 404))
-        if resp.status_code == 404:
+    @staticmethod
+    def _kv_path(key: str) -> str:
+        return f"/v1/kv/{quote(key, safe='/')}"
+
+    def kv_get(self, key: str, deadline: Deadline | float | None = None) -> Any | None:
+        """JSON-decoded value of ``key``, or None when absent. A value that is not strict
+        JSON raises ConsulError."""
+        resp = self._request("GET", self._kv_path(key), params={"raw": ""}, ok=(200, 404), deadline=deadline)
+        if resp.status == 404:
             return None
         try:
-            return json.loads(resp.content)
-        except ValueError as exc:
-            raise ConsulError(f"KV {key}: value is not JSON") from exc
+            return strictjson.loads(resp.body)
+        except ValueError:
+            raise ConsulBadValue(f"KV {key}: value is not strict JSON") from None
 
-    def kv_put(self, key: str, value: Any) -> None:
-        """Store ``value`` (JSON-encoded) under ``key``."""
-        resp = self._request("PUT", f"/v1/kv/{quote(key, safe='/')}", data=json.dumps(value))
-        if resp.text.strip() != "true":
+    def kv_get_index(self, key: str, deadline: Deadline | float | None = None) -> tuple[Any | None, int]:
+        """``(decoded value | None, ModifyIndex)``; ``(None, 0)`` when the key is absent
+        (``kv_cas(key, v, 0)`` then creates it only if nobody else did)."""
+        resp = self._request("GET", self._kv_path(key), ok=(200, 404), deadline=deadline)
+        if resp.status == 404:
+            return None, 0
+        items = self._json(resp, f"KV {key}")
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+            raise ConsulUnavailable(f"consul KV {key}: unexpected answer shape", kind="protocol")
+        item = items[0]
+        index = item.get("ModifyIndex")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ConsulUnavailable(f"consul KV {key}: bad ModifyIndex", kind="protocol")
+        raw = item.get("Value")
+        if raw is None:
+            return None, index
+        try:
+            return strictjson.loads(base64.b64decode(raw, validate=True)), index
+        except (ValueError, TypeError, binascii.Error):
+            raise ConsulBadValue(f"KV {key}: value is not strict JSON") from None
+
+    def kv_put(self, key: str, value: Any, deadline: Deadline | float | None = None) -> None:
+        """Store ``value`` (strict JSON) under ``key``."""
+        resp = self._request("PUT", self._kv_path(key), data=strictjson.dumps(value), deadline=deadline)
+        if resp.body.strip() != b"true":
             raise ConsulError(f"KV put {key} was refused")
 
-    def kv_delete(self, key: str, recurse: bool = False) -> None:
+    def kv_cas(self, key: str, value: Any, index: int, deadline: Deadline | float | None = None) -> bool:
+        """``PUT ?cas=<index>``: True if stored, False when another writer won (the
+        key's ModifyIndex is no longer ``index``; 0 = only if absent)."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError("cas index must be an int >= 0")
+        resp = self._request("PUT", self._kv_path(key), params={"cas": str(index)},
+                             data=strictjson.dumps(value), deadline=deadline)
+        answer = resp.body.strip()
+        if answer not in (b"true", b"false"):
+            raise ConsulUnavailable(f"consul KV cas {key}: unexpected answer", kind="protocol")
+        return answer == b"true"
+
+    def kv_delete(self, key: str, recurse: bool = False, deadline: Deadline | float | None = None) -> None:
         params = {"recurse": ""} if recurse else None
-        self._request("DELETE", f"/v1/kv/{quote(key, safe='/')}", params=params)
+        self._request("DELETE", self._kv_path(key), params=params, deadline=deadline)
 
 
 # ---------------------------------------------------------------------------------
@@ -393,7 +499,7 @@ class ServiceRegistration:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
-            self.client.deregister_service(self.service_id)
+            self.client.deregister_service(self.service_id, deadline=max(0.5, timeout))
             log.info("deregistered %s from consul", self.service_id)
         except ConsulError as exc:
             log.warning("consul deregistration of %s failed: %s", self.service_id, exc)
@@ -417,18 +523,56 @@ class Instance:
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def from_entry(cls, entry: dict[str, Any]) -> "Instance":
-        svc = entry.get("Service") or {}
+    def from_entry(cls, entry: Any) -> "Instance":
+        """Build an Instance from one ``/v1/health/service`` entry.
+
+        Raises ``ValueError`` (with a short reason) for an entry we must not use: not an
+        object, no service ID, an address that is neither an IP nor a host name, a port
+        outside 1..65535 (booleans and strings are not ports).
+        """
+        if not isinstance(entry, dict):
+            raise ValueError("entry is not an object")
+        svc = entry.get("Service")
         node = entry.get("Node") or {}
+        if not isinstance(svc, dict):
+            raise ValueError("entry has no Service object")
+        if not isinstance(node, dict):
+            raise ValueError("entry Node is not an object")
+        sid = svc.get("ID")
+        if not isinstance(sid, str) or not sid or len(sid) > 256:
+            raise ValueError("service ID missing or not a string")
+        address = svc.get("Address") or node.get("Address")
+        if not _valid_address(address):
+            raise ValueError("address missing or not an IP / host name")
+        port = svc.get("Port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError("port not an integer in 1..65535")
+        tags = svc.get("Tags") or ()
+        meta = svc.get("Meta") or {}
         return cls(
-            id=svc.get("ID", ""),
-            service=svc.get("Service", ""),
-            address=svc.get("Address") or node.get("Address", ""),
-            port=int(svc.get("Port") or 0),
-            node=node.get("Node", ""),
-            tags=tuple(svc.get("Tags") or ()),
-            meta=dict(svc.get("Meta") or {}),
+            id=sid,
+            service=svc.get("Service") if isinstance(svc.get("Service"), str) else "",
+            address=address,
+            port=port,
+            node=node.get("Node") if isinstance(node.get("Node"), str) else "",
+            tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+            meta={k: v for k, v in meta.items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(meta, dict) else {},
         )
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _valid_address(address: Any) -> bool:
+    """An IPv4/IPv6 literal or a DNS host name (no scheme, port, path, spaces)."""
+    if not isinstance(address, str) or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return bool(_HOSTNAME.match(address))
+    return not (ip.is_unspecified or ip.is_multicast)
 
 
 class HealthWatcher:
@@ -466,6 +610,9 @@ class HealthWatcher:
         self.consul_ok = False  # last query succeeded
         self.last_success: float | None = None  # time.time() of the last success
         self.last_error: str | None = None
+        self.skipped_entries = 0  # bad catalog entries skipped, all queries together
+        self.last_skipped = 0  # ... in the last successful query
+        self._logged_bad: set[str] = set()  # log each bad entry once (bounded)
 
     def instances(self) -> list[Instance]:
         """The last known passing instances (a copy; never blocks)."""
@@ -491,7 +638,12 @@ class HealthWatcher:
         entries, index = self.client.health_service(self.service, passing=True, index=self._index or None, wait=self.wait)
         # Reset if the index went backwards (e.g. Consul restarted), per Consul's docs.
         self._index = index if index > 0 and index >= self._index else 0
-        new = tuple(sorted((Instance.from_entry(e) for e in entries), key=lambda i: i.id))
+        parsed = self._parse(entries)
+        if entries and not parsed:
+            # every entry is garbage: that is no evidence that no instance is up; keep
+            # the last known list (counted in skipped_entries, logged once per entry)
+            parsed = list(self._instances)
+        new = tuple(sorted(parsed, key=lambda i: i.id))
         changed = new != self._instances
         self._instances = new
         self.consul_ok = True
@@ -502,6 +654,27 @@ class HealthWatcher:
                 self.on_change(list(new))
             except Exception:
                 log.exception("HealthWatcher on_change hook failed")
+
+    def _parse(self, entries: list[Any]) -> list[Instance]:
+        """Usable instances; each bad entry is skipped, counted, and logged once."""
+        good: dict[str, Instance] = {}
+        skipped = 0
+        for entry in entries:
+            try:
+                inst = Instance.from_entry(entry)
+            except ValueError as exc:
+                skipped += 1
+                sid = entry.get("Service", {}).get("ID") if isinstance(entry, dict) and isinstance(entry.get("Service"), dict) else None
+                label = sid if isinstance(sid, str) and len(sid) <= 256 else "<no id>"
+                mark = f"{label}|{exc}"
+                if mark not in self._logged_bad and len(self._logged_bad) < 1000:
+                    self._logged_bad.add(mark)
+                    log.warning("skipping bad catalog entry of %s (id %r): %s", self.service, label, exc)
+                continue
+            good.setdefault(inst.id, inst)  # duplicate IDs: keep the first
+        self.skipped_entries += skipped
+        self.last_skipped = skipped
+        return list(good.values())
 
     def _run(self) -> None:
         backoff = 0.5

@@ -290,7 +290,6 @@ class HttpClient:
         self._ssl_context = ssl_context
         self._ssl_lock = threading.Lock()
         self.default_deadline = float(default_deadline)
-        self.closed = False
 
     # -- public -------------------------------------------------------------------
     def get(self, url: str, **kw: Any) -> HttpResponse:
@@ -303,8 +302,8 @@ class HttpClient:
         return self.request("DELETE", url, **kw)
 
     def close(self) -> None:
-        """Nothing is pooled; kept for symmetry (and to refuse later use)."""
-        self.closed = True
+        """Nothing is pooled (one connection per request): a no-op kept for symmetry.
+        The client stays usable (a background thread may still be finishing a call)."""
 
     def request(
         self,
@@ -317,8 +316,6 @@ class HttpClient:
         body: bytes | None = None,
         max_body: int | None = None,
     ) -> HttpResponse:
-        if self.closed:
-            raise RuntimeError("HttpClient is closed")
         dl = Deadline.coerce(deadline, self.default_deadline)
         limit = self.max_body if max_body is None else int(max_body)
         method = method.upper()

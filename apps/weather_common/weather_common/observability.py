@@ -13,13 +13,18 @@ which gives:
 * ``/health`` (liveness) and ``/ready`` (``ready_check() -> (ok, details)``; 200/503 JSON);
 * JSON error handlers: HTTP errors keep their status with ``{"error": "<reason>"}``;
   any unexpected exception becomes ``503 {"error": "service temporarily unavailable"}``
-  and is logged - never a 500 HTML page or a stack trace to the client.
+  and is logged - never a 500 HTML page or a stack trace to the client;
+* strict JSON (:class:`StrictJSONProvider`): ``jsonify``/returned dicts are encoded with
+  ``allow_nan=False`` and request bodies with NaN/Infinity are refused (400). A view that
+  tries to answer a NaN or an Infinity therefore gets the generic 503 above (logged as an
+  error), never a body with ``NaN`` in it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import threading
@@ -27,9 +32,11 @@ import time
 from typing import Any, Callable
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from . import strictjson
 from .breaker import STATE_VALUES, CircuitBreaker
 
 __all__ = [
@@ -41,6 +48,7 @@ __all__ = [
     "JsonFormatter",
     "ReadyCheck",
     "EXTENSION_KEY",
+    "StrictJSONProvider",
 ]
 
 EXTENSION_KEY = "weather_metrics"
@@ -96,7 +104,21 @@ class JsonFormatter(logging.Formatter):
             data.update(fields)
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(data, default=str))
+        try:
+            line = json.dumps(data, default=str, allow_nan=False)
+        except ValueError:  # a NaN/Infinity in the fields: log it as a string, stay JSON
+            line = json.dumps(_finite_or_str(data), default=str, allow_nan=False)
+        return redact(line)
+
+
+def _finite_or_str(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_or_str(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_str(v) for v in obj]
+    return obj
 
 
 _LOGGING_CONFIGURED = False
@@ -169,6 +191,18 @@ class Metrics:
 
 
 # --------------------------------------------------------------------------- Flask
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with NaN/Infinity refused both ways (``allow_nan=False``;
+    ``loads`` via :func:`weather_common.strictjson.loads`)."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs["allow_nan"] = False
+        return super().dumps(obj, **kwargs)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return strictjson.loads(s)
+
+
 def _error(status: int, reason: str, **extra: Any) -> tuple[Response, int]:
     body = {"error": reason}
     body.update(extra)
@@ -208,6 +242,12 @@ def init_app(
 ) -> Metrics:
     """Wire JSON request logs, metrics, /health, /ready, /metrics and JSON errors."""
     configure_logging(log_level)
+    if not isinstance(app.json, StrictJSONProvider):
+        old, strict = app.json, StrictJSONProvider(app)
+        for attr in ("ensure_ascii", "sort_keys", "compact", "mimetype"):
+            if hasattr(old, attr):
+                setattr(strict, attr, getattr(old, attr))
+        app.json = strict
     metrics = metrics or Metrics()
     app.extensions[EXTENSION_KEY] = metrics
     access_log = logging.getLogger(ACCESS_LOGGER)
