@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 
-from weather_consumer import create_app
+from weather_consumer import DEFAULTS, create_app
 
 STUB = Path(__file__).with_name("stub_producer.py")
 
@@ -88,10 +89,34 @@ TEST_CONFIG = {
     "CONSUL_HTTP_ADDR": "",
     "REQUEST_DEADLINE": 4.0,
     "PER_TRY_TIMEOUT": 2.0,
-    "CONNECT_TIMEOUT": 0.25,
     "BREAKER_FAILURE_THRESHOLD": 2,
     "BREAKER_RECOVERY_TIMEOUT": 1.0,
 }
+
+
+#: What makes Flask's test client count as the operator listener (TESTING only; real
+#: servers are judged by the accepted socket's local port, see weather_consumer/web.py).
+OPERATOR_ENVIRON = {"SERVER_PORT": str(DEFAULTS["OPERATOR_PORT"])}
+
+
+class OperatorClient(FlaskClient):
+    """Flask's test client, every request "arriving" on the operator port."""
+
+    def open(self, *args, **kwargs):
+        kwargs["environ_overrides"] = {**OPERATOR_ENVIRON, **(kwargs.get("environ_overrides") or {})}
+        return super().open(*args, **kwargs)
+
+
+def operator_client(app_or_client):
+    """A test client of the same app that arrives on the operator port."""
+    app = getattr(app_or_client, "application", app_or_client)
+    return OperatorClient(app, app.response_class, use_cookies=True)
+
+
+@pytest.fixture
+def operator():
+    """``operator(app_or_client)`` -> a Flask test client on the operator listener."""
+    return operator_client
 
 
 @pytest.fixture

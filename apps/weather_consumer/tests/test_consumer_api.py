@@ -8,6 +8,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from weather_common.validation import validate_zip
 
 
 @pytest.fixture
@@ -44,18 +45,20 @@ def test_ready_with_cache_only(make_app):
     assert r.status_code == 200 and "saved answers" in r.get_json()["reason"]
 
 
-def test_status_api_has_the_contract_shape(client, producer):
+def test_status_api_has_the_contract_shape(client, producer, operator):
     client.get("/api/weather?zip=10001")
-    body = client.get("/api/status").get_json()
-    assert body["producers"] == [{"id": producer.instance_id, "address": "127.0.0.1",
-                                  "port": producer.port, "healthy": True, "breaker": "closed"}]
+    body = operator(client).get("/api/status").get_json()
+    (row,) = body["producers"]
+    assert isinstance(row.pop("latency_ms"), float) and row.pop("in_flight") == 0
+    assert row == {"id": producer.instance_id, "address": "127.0.0.1",
+                   "port": producer.port, "healthy": True, "breaker": "closed"}
     assert [(c["zip"], c["country"]) for c in body["cache"]] == [("10001", "us")]
     assert isinstance(body["cache"][0]["age_seconds"], int)
 
 
-def test_status_page_lists_instances_breakers_and_cache(client, producer):
+def test_status_page_lists_instances_breakers_and_cache(client, producer, operator):
     client.get("/api/weather?zip=10001")
-    html = client.get("/status").get_data(as_text=True)
+    html = operator(client).get("/status").get_data(as_text=True)
     assert producer.instance_id in html and "healthy" in html and "closed" in html
     assert "10001" in html
 
@@ -77,11 +80,11 @@ def test_form_has_labelled_fields(client):
     assert '<label for="country">' in html and 'id="country"' in html
 
 
-def test_metrics_expose_requests_breakers_cache_and_fallbacks(client, producer):
+def test_metrics_expose_requests_breakers_cache_and_fallbacks(client, producer, operator):
     client.get("/api/weather?zip=10001")
     producer.kill()
     client.get("/api/weather?zip=10001")
-    text = client.get("/metrics").get_data(as_text=True)
+    text = operator(client).get("/metrics").get_data(as_text=True)
     assert 'weather_http_requests_total{endpoint="/api/weather",method="GET",status="200"} 2.0' in text
     assert f'weather_circuit_breaker_state{{breaker="{producer.instance_id}"}}' in text
     assert 'weather_cache_hits_total{cache="consumer-last-good"} 1.0' in text
@@ -139,7 +142,7 @@ def test_property_never_500_and_400s_carry_a_reason(client, zip_code, country):
             else:
                 assert 'id="reason"' in r.get_data(as_text=True)
         if r.status_code == 200 and path == "/api/weather":
-            assert r.get_json()["zip"] == zip_code.strip()
+            assert r.get_json()["zip"] == validate_zip(zip_code)  # normalised (upper-case)
 
 
 def test_configuration_from_the_environment(monkeypatch, stubs):
@@ -165,11 +168,11 @@ def test_configuration_from_the_environment(monkeypatch, stubs):
         app.extensions["weather_consumer"].close()
 
 
-def test_saved_answers_are_bounded(make_app, producer):
+def test_saved_answers_are_bounded(make_app, producer, operator):
     client = make_app([producer.url], CACHE_MAX_ENTRIES=2).test_client()
     for z in ("10001", "10002", "10003"):
         assert client.get(f"/api/weather?zip={z}").status_code == 200
-    saved = client.get("/api/status").get_json()["cache"]
+    saved = operator(client).get("/api/status").get_json()["cache"]
     assert sorted(row["zip"] for row in saved) == ["10002", "10003"]
 
 

@@ -24,7 +24,7 @@ def test_round_robin_spreads_requests_evenly_over_three_producers(stubs, make_ap
 
 
 def test_producer_killed_mid_traffic_no_request_fails_and_traffic_moves(stubs, make_app,
-                                                                      wait_until):
+                                                                      wait_until, operator):
     producers = stubs(3)
     client = make_app([p.url for p in producers]).test_client()
     victim = producers[1]
@@ -52,7 +52,7 @@ def test_producer_killed_mid_traffic_no_request_fails_and_traffic_moves(stubs, m
     tail = [get(client).get_json()["producer"] for _ in range(10)]
     assert victim.instance_id not in tail
     assert set(tail) == {producers[0].instance_id, producers[2].instance_id}
-    status = client.get("/api/status").get_json()
+    status = operator(client).get("/api/status").get_json()
     breakers = {p["id"]: p["breaker"] for p in status["producers"]}
     assert breakers[victim.instance_id] in ("open", "half_open")
 
@@ -97,7 +97,7 @@ def test_overall_deadline_bounds_the_request_when_every_producer_hangs(stubs, ma
     assert elapsed < 1.3, f"deadline 0.8 s but the request took {elapsed:.2f}s"
 
 
-def test_unknown_zip_is_a_404_answer_and_no_other_instance_is_asked(stubs, make_app):
+def test_unknown_zip_is_a_404_answer_and_no_other_instance_is_asked(stubs, make_app, operator):
     producers = stubs(3)
     client = make_app([p.url for p in producers]).test_client()
     r = get(client, "00000")
@@ -105,10 +105,10 @@ def test_unknown_zip_is_a_404_answer_and_no_other_instance_is_asked(stubs, make_
     assert r.get_json()["error"] == "unknown zip"
     assert sum(p.hits() for p in producers) == 1
     # A 404 does not count against the instance.
-    assert {p["breaker"] for p in client.get("/api/status").get_json()["producers"]} == {"closed"}
+    assert {p["breaker"] for p in operator(client).get("/api/status").get_json()["producers"]} == {"closed"}
 
 
-def test_ejected_instance_comes_back_after_recovery(stubs, make_app):
+def test_ejected_instance_comes_back_after_recovery(stubs, make_app, operator):
     a, b = stubs(2)
     client = make_app([a.url, b.url], BREAKER_FAILURE_THRESHOLD=2,
                       BREAKER_RECOVERY_TIMEOUT=1.0).test_client()
@@ -116,13 +116,13 @@ def test_ejected_instance_comes_back_after_recovery(stubs, make_app):
     for _ in range(6):
         assert get(client).status_code == 200
     assert b.hits() == 2, "after 2 failures the instance must be ejected"
-    breakers = {p["id"]: p["breaker"] for p in client.get("/api/status").get_json()["producers"]}
+    breakers = {p["id"]: p["breaker"] for p in operator(client).get("/api/status").get_json()["producers"]}
     assert breakers[b.instance_id] == "open"
     b.set("ok")
     time.sleep(1.1)
     answered = [get(client).get_json()["producer"] for _ in range(10)]
     assert answered.count(b.instance_id) == 5, "recovered instance must get its share again"
-    breakers = {p["id"]: p["breaker"] for p in client.get("/api/status").get_json()["producers"]}
+    breakers = {p["id"]: p["breaker"] for p in operator(client).get("/api/status").get_json()["producers"]}
     assert breakers[b.instance_id] == "closed"
 
 

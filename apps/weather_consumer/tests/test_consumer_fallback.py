@@ -77,48 +77,59 @@ def test_no_producer_configured_gives_503_not_500(make_app):
     assert "no producer instance is known" in r.get_json()["error"]
 
 
-def test_producer_stale_answer_is_passed_through_and_not_recached_as_fresh(stubs, make_app):
+def test_producer_stale_answer_is_passed_through_and_does_not_replace_a_newer_copy(
+        stubs, make_app):
     (p,) = stubs(1)
     app = make_app([p.url])
     client = app.test_client()
     p.set("ok", temperature=10.0)
-    assert api(client).get_json()["temperature_c"] == 10.0  # fresh: cached
-    p.set("stale", temperature=99.0)
+    assert api(client).get_json()["temperature_c"] == 10.0  # fresh: saved
+    p.set("stale", temperature=30.0)
     r = api(client)
     body = r.get_json()
     assert r.status_code == 200
     assert body["stale"] is True and body["source"] == "producer"
     assert body["message"] == PRODUCER_STALE_MESSAGE
-    assert body["age_seconds"] == 900 and body["temperature_c"] == 99.0
+    assert body["age_seconds"] == 900 and body["temperature_c"] == 30.0
     page = client.get("/weather", query_string={"zip": "10001"}).get_data(as_text=True)
     assert PRODUCER_STALE_MESSAGE in page and "15 min 0 s" in page
     assert CONSUMER_STALE_MESSAGE not in page
-    # Producer gone: the consumer's fallback is its last FRESH answer, not the stale one.
+    # Producer gone: the consumer's copy is the NEWER fresh answer (the 900 s old stale
+    # answer did not replace it).
     p.kill()
     body = api(client).get_json()
     assert body["source"] == "consumer-cache" and body["temperature_c"] == 10.0
+    assert body["age_seconds"] < 60
 
 
-def test_stale_only_answers_never_fill_the_cache(stubs, make_app):
+def test_producer_stale_answer_is_saved_back_dated_by_its_age(stubs, make_app, operator):
     (p,) = stubs(1)
-    p.set("stale")
+    p.set("stale", temperature=12.5)
     app = make_app([p.url])
     client = app.test_client()
     assert api(client).get_json()["stale"] is True
-    assert client.get("/api/status").get_json()["cache"] == []
+    (row,) = operator(client).get("/api/status").get_json()["cache"]
+    assert row["zip"] == "10001" and 900 <= row["age_seconds"] <= 903
     p.kill()
-    assert api(client).status_code == 503
+    body = api(client).get_json()
+    assert body["source"] == "consumer-cache" and body["temperature_c"] == 12.5
+    assert body["stale"] is True and body["message"] == CONSUMER_STALE_MESSAGE
+    assert 900 <= body["age_seconds"] <= 903
 
 
-def test_fresh_answer_age_from_producer_is_kept_in_the_cache(stubs, make_app):
+def test_saved_copy_keeps_the_newer_answer_whatever_the_order(stubs, make_app):
     (p,) = stubs(1)
     app = make_app([p.url])
     cache = app.extensions["weather_consumer"].cache
-    cache.put("99999", "us", {"city": "X", "description": "d", "temperature_c": 1,
-                              "observed_at": "2026-11-22T00:00:00Z", "stale": False,
-                              "age_seconds": 300}, "p9")
+    value = {"city": "X", "description": "d", "temperature_c": 1.0,
+             "observed_at": "2026-11-22T00:00:00Z", "stale": False, "age_seconds": 300}
+    cache.put("99999", "us", value, "p9")
     p.kill()
     body = api(app.test_client(), "99999").get_json()
-    assert 300 <= body["age_seconds"] <= 301
-    with pytest.raises(ValueError):
-        cache.put("99999", "us", {"stale": True}, "p9")
+    assert 300 <= body["age_seconds"] <= 301  # the producer's age is kept
+    # An older stale copy does not replace it; a newer one does.
+    cache.put("99999", "us", dict(value, temperature_c=2.0, stale=True, age_seconds=900), "p9")
+    assert cache.get("99999", "us").body["temperature_c"] == 1.0
+    cache.put("99999", "us", dict(value, temperature_c=3.0, stale=True, age_seconds=5), "p9")
+    saved = cache.get("99999", "us")
+    assert saved.body["temperature_c"] == 3.0 and 5 <= saved.age_seconds < 8

@@ -94,8 +94,8 @@ def test_unknown_zip_from_real_producer_is_404(run_producer, make_app, fake_owm)
     assert client.get("/weather?zip=00042").status_code == 404
 
 
-def test_real_producer_stale_answer_passed_through_not_recached(run_producer, make_app,
-                                                                fake_owm):
+def test_real_producer_stale_answer_passed_through_not_replacing_the_newer_copy(
+        run_producer, make_app, fake_owm):
     prod = run_producer(CACHE_TTL=0, BREAKER_FAILURE_THRESHOLD=100)
     app = make_app([prod.url])
     client = app.test_client()

@@ -10,6 +10,7 @@ real consumer with its DEFAULT timeouts and breaker settings.
 
 from __future__ import annotations
 
+import requests
 import weather_consumer
 import weather_producer
 from weather_consumer.service import PRODUCER_STALE_MESSAGE
@@ -20,16 +21,16 @@ CONSUMER_DEFAULTS = weather_consumer.DEFAULTS
 # The consumer settings under test, straight from its DEFAULTS (the test fixture's
 # short timeouts would hide the problem).
 CONSUMER_TIMEOUTS = {k: CONSUMER_DEFAULTS[k] for k in (
-    "REQUEST_DEADLINE", "PER_TRY_TIMEOUT", "CONNECT_TIMEOUT", "MAX_ATTEMPTS",
+    "REQUEST_DEADLINE", "PER_TRY_TIMEOUT", "MAX_ATTEMPTS", "HEDGE_DELAY",
     "BREAKER_FAILURE_THRESHOLD", "BREAKER_RECOVERY_TIMEOUT")}
-PRODUCER_TIMEOUTS = {k: PRODUCER_DEFAULTS[k] for k in ("OWM_CONNECT_TIMEOUT", "OWM_READ_TIMEOUT")}
+PRODUCER_TIMEOUTS = {k: PRODUCER_DEFAULTS[k] for k in ("OWM_DEADLINE", "PRODUCER_DEADLINE")}
 
 
 def test_default_budgets_nest():
     """A producer's worst OWM call fits in one consumer try, with room to spare."""
-    owm_worst = PRODUCER_TIMEOUTS["OWM_CONNECT_TIMEOUT"] + PRODUCER_TIMEOUTS["OWM_READ_TIMEOUT"]
+    producer_worst = max(PRODUCER_TIMEOUTS["OWM_DEADLINE"], PRODUCER_TIMEOUTS["PRODUCER_DEADLINE"])
     per_try = CONSUMER_TIMEOUTS["PER_TRY_TIMEOUT"]
-    assert owm_worst + 0.25 <= per_try, (owm_worst, per_try)
+    assert producer_worst + 0.15 <= per_try, (producer_worst, per_try)
     # A hung first instance must leave the next one a full try.
     assert CONSUMER_TIMEOUTS["REQUEST_DEADLINE"] >= 2 * per_try
 
@@ -69,19 +70,28 @@ def test_owm_hanging_consumer_gets_the_producers_stale_answer(fake_owm, run_prod
     assert fake_owm.stats()["by_mode"].get("timeout", 0) >= 1
 
 
-def test_old_mismatched_timeouts_eject_healthy_producers(fake_owm, run_producer, make_app):
-    """Control: the previous defaults (OWM 3.05/5 s vs consumer 1 s per try, 2 s deadline)."""
-    producers = [run_producer(CACHE_TTL=0, OWM_CONNECT_TIMEOUT=3.05, OWM_READ_TIMEOUT=5.0)
+def test_x_deadline_ms_makes_a_slow_configured_producer_answer_in_time(fake_owm, run_producer,
+                                                                       make_app, stubs):
+    """Producers configured with a far longer OWM budget (5 s) than the consumer's try (1 s):
+    the consumer's X-Deadline-Ms makes them answer from their stale copy in time, so the
+    user gets the producer's answer and no healthy producer is counted as failing
+    (before the header, the consumer gave up first and ejected them)."""
+    producers = [run_producer(CACHE_TTL=0, OWM_DEADLINE=5.0, PRODUCER_DEADLINE=6.0)
                  for _ in range(2)]
     app = make_app([p.url for p in producers], REQUEST_DEADLINE=2.0, PER_TRY_TIMEOUT=1.0,
-                   BREAKER_FAILURE_THRESHOLD=3)
+                   BREAKER_FAILURE_THRESHOLD=3, HEDGE_DELAY=0)
     client = app.test_client()
     pool = app.extensions["weather_consumer"].pool
     for p in producers:
         assert p.get(zip="10001").json()["stale"] is False
-    assert client.get("/api/weather?zip=10001").get_json()["stale"] is False  # consumer saves it
     fake_owm.set_mode("timeout")
-    body = client.get("/api/weather?zip=10001").get_json()
-    # The consumer gave up on both producers before either could serve its stale copy.
-    assert body["source"] == "consumer-cache"
-    assert sum(pool.breaker(p.url.removeprefix("http://")).stats().failures for p in producers) == 2
+    for _ in range(4):
+        body = client.get("/api/weather?zip=10001").get_json()
+        assert body["source"] == "producer" and body["stale"] is True, body
+    assert sum(pool.breaker(p.url.removeprefix("http://")).stats().failures for p in producers) == 0
+    # The header the consumer sent: its remaining try budget in ms.
+    (stub,) = stubs(1)
+    app2 = make_app([stub.url], REQUEST_DEADLINE=2.0, PER_TRY_TIMEOUT=1.0)
+    app2.test_client().get("/api/weather?zip=10001")
+    (sent,) = requests.get(f"{stub.url}/_hits", timeout=2).json()["deadline_ms"]
+    assert 900 <= sent <= 1000, sent

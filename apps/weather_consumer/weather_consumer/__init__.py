@@ -23,14 +23,28 @@ DEFAULTS = {
     "PRODUCER_SERVICE": "weather-producer",
     "CONSUL_WAIT": "30s",  # blocking-query wait
     "DISCOVERY_INITIAL_WAIT": 1.0,  # s the factory waits for Consul's first answer
-    # Load balancing: one overall deadline per user request, per-try timeouts within it.
+    # One overall deadline per user request; each producer call gets ONE deadline of
+    # min(PER_TRY_TIMEOUT, what is left) covering DNS, connect, send, headers and body.
     # PER_TRY_TIMEOUT must exceed the producer's worst OWM call (connect 0.5 + read 1.0 s)
     # plus a margin, so a producer whose OWM hangs can still answer from its stale copy;
     # the deadline leaves a second full try when the first instance hangs (README "Timeouts").
     "REQUEST_DEADLINE": 4.0,
     "PER_TRY_TIMEOUT": 2.0,
-    "CONNECT_TIMEOUT": 0.25,
-    "MAX_ATTEMPTS": 3,
+    "MAX_ATTEMPTS": 3,  # producer calls per request, hedges and failovers included
+    # Hedging: a second call to another instance when the first has not answered after
+    # HEDGE_DELAY s (0 switches hedging off); at most HEDGE_BUDGET hedges per request on
+    # average (token bucket, bursts of HEDGE_BURST), so a slow weather source everywhere
+    # cannot double the load on the producers and on OWM.
+    "HEDGE_DELAY": 0.25,
+    "HEDGE_BUDGET": 0.1,
+    "HEDGE_BURST": 10.0,
+    # Latency-aware balancing: time constant (s) of the peak-EWMA latency per instance.
+    "LATENCY_DECAY": 5.0,
+    # A successful call slower than this counts as a failure for the instance's breaker
+    # (its answer is still used). 0: off (README "Load balancing" says why).
+    "SLOW_CALL_THRESHOLD": 0,
+    # Largest producer answer read (bytes); a bigger one is a failure.
+    "MAX_BODY": 64 * 1024,
     # Outlier ejection: breaker per producer instance.
     "BREAKER_FAILURE_THRESHOLD": 3,
     "BREAKER_RECOVERY_TIMEOUT": 10.0,
@@ -41,6 +55,10 @@ DEFAULTS = {
     # Last-good answers kept in memory (one per zip + country; least recently used evicted).
     "CACHE_MAX_ENTRIES": 10_000,
     "LOG_LEVEL": "INFO",
+    # Local port(s) of the operator listener (a second gunicorn bind): only requests that
+    # arrived on it see /status, /api/status and /metrics (404 on the public port).
+    # Decided by the accepted socket's local port, never by the Host header.
+    "OPERATOR_PORT": 9080,
     # Start discovery in create_app (tests may start it by hand).
     "START_DISCOVERY": True,
 }

@@ -1,4 +1,4 @@
-"""JSON twins of the pages: /api/weather and /api/status."""
+"""JSON twins of the pages: /api/weather (public) and /api/status (operator port only)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ def weather():
 
 
 def status_body() -> dict:
+    """Operator status: instance addresses and the places users looked up (never public)."""
     rt = current_app.extensions["weather_consumer"]
+    load = rt.pool.load_snapshot()
+    producers = [{**row, **load.get(row["id"], {"latency_ms": 0.0, "in_flight": 0})}
+                 for row in rt.pool.snapshot()]
     return {
-        "producers": rt.pool.snapshot(),
+        "producers": producers,
         "cache": rt.cache.snapshot(),
         "discovery": rt.discovery_status(),
     }

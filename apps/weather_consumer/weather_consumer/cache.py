@@ -1,9 +1,11 @@
 """The consumer's own last good answers, in memory, per (zip, country).
 
 Built on weather_common's :class:`MemoryLastGoodStore` (keys ``<country>/<zip>``, the
-newer answer wins; at most ``max_entries`` locations, least recently used evicted). Only FRESH producer answers go in (``stale`` false). An entry's
-``fetched_at`` is back-dated by the age the producer reported, so the age we show later
-is never younger than what the producer said.
+NEWER answer wins; at most ``max_entries`` locations, least recently used evicted). Both
+fresh answers and the producers' stale answers go in: an entry's ``fetched_at`` is
+back-dated by the age the producer reported, so a stale answer never replaces a newer
+entry (stale copies count one more second: ages are whole seconds, rounded down), and
+the age we show later is never younger than what the producer said.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ class LastGoodCache:
         self._clock = clock
 
     def put(self, zip_code: str, country: str, body: dict, producer: str) -> None:
+        """Save an answer (fresh or the producer's stale copy), back-dated by its age."""
+        age = body.get("age_seconds") or 0
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e9:
+            age = 0.0  # (the balancer validated it already; belt and braces)
         if body.get("stale"):
-            raise ValueError("a stale answer must not be cached as last good")
-        try:
-            age = max(0.0, float(body.get("age_seconds") or 0))
-        except (TypeError, ValueError):
-            age = 0.0
+            # Ages are whole seconds, rounded down: a stale copy is taken as up to 1 s
+            # older than it says, so the same observation never replaces our entry
+            # (and the age we show is never younger than the truth).
+            age += 1
         self._store.put(location_key(country, zip_code),
                         {"body": dict(body), "producer": producer},
                         fetched_at=self._clock() - age)

@@ -48,11 +48,54 @@ class ConsulDiscovery:
         self.pool = pool
         self.initial_wait = initial_wait
         self.watcher = watcher
+        self.skipped = 0  # bad catalog entries skipped
         watcher.on_change = self._on_change
 
     def _on_change(self, instances) -> None:
-        self.pool.update(Instance(id=i.id, address=i.address, port=int(i.port))
-                         for i in instances if i.id and i.address and i.port)
+        """A new passing list: one bad entry is skipped (and logged); the rest is used.
+
+        If the list as a whole cannot be read, the pool keeps what it had.
+        """
+        try:
+            entries = list(instances)
+        except Exception:
+            log.exception("discovery: unreadable instance list ignored; keeping the last known")
+            return
+        good: list[Instance] = []
+        for entry in entries:
+            inst = self._convert(entry)
+            if inst is None:
+                self.skipped += 1
+                log.warning("discovery: skipped a bad catalog entry (%s)", type(entry).__name__)
+            else:
+                good.append(inst)
+        if entries and not good:
+            # Every entry is garbage: that is not "no producer is passing". Keep the
+            # last known list rather than emptying the pool.
+            log.warning("discovery: every catalog entry was bad; keeping the last known list")
+            return
+        self.pool.update(good)
+
+    @staticmethod
+    def _convert(entry) -> Instance | None:
+        try:
+            iid, address, port = entry.id, entry.address, entry.port
+        except Exception:
+            return None
+        if not (isinstance(iid, str) and iid.strip() and len(iid) <= 200):
+            return None
+        if not (isinstance(address, str) and address.strip() and len(address) <= 255
+                and not any(c in address for c in "/?#@ \t\r\n")):
+            return None
+        if isinstance(port, bool):
+            return None
+        try:
+            port = int(port)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if not 0 < port < 65536:
+            return None
+        return Instance(id=iid.strip(), address=address.strip(), port=port)
 
     def start(self) -> None:
         self.watcher.start()
@@ -66,4 +109,4 @@ class ConsulDiscovery:
 
     def status(self) -> dict:
         return {"kind": self.kind, "ok": bool(self.watcher.consul_ok),
-                "last_error": self.watcher.last_error}
+                "last_error": self.watcher.last_error, "skipped_entries": self.skipped}

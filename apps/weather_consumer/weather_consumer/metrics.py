@@ -6,7 +6,8 @@ From weather_common (prefix ``weather_``): ``http_requests_total``,
 ``cache_misses_total``, ``fallbacks_total{reason}``, ``upstream_requests_total{upstream,outcome}``.
 
 Added here: ``weather_consumer_producer_attempt_seconds{instance}``,
-``weather_consumer_lookups_total{outcome}``, and scrape-time gauges
+``weather_consumer_lookups_total{outcome}``, ``weather_consumer_hedged_requests_total``,
+and scrape-time gauges
 ``weather_consumer_producer_instances{healthy}`` and ``weather_consumer_cache_entries``.
 """
 
@@ -51,8 +52,11 @@ class ConsumerMetrics:
                                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2, 5))
         self.outcomes = Counter("weather_consumer_lookups_total",
                                 "Weather lookups by what the user got (fresh, producer_stale, "
-                                "consumer_cache, not_found, bad_request, unavailable)",
+                                "consumer_cache, no_data, not_found, bad_request, unavailable)",
                                 ["outcome"], registry=r)
+        self.hedges = Counter("weather_consumer_hedged_requests_total",
+                              "Lookups that sent a second (hedged) call to another producer",
+                              registry=r)
 
     def bind_pool(self, pool, cache) -> None:
         self.registry.register(_PoolCollector(pool, cache))
@@ -66,9 +70,12 @@ class ConsumerMetrics:
         if outcome != "circuit_open":
             self.attempt_seconds.labels(instance_id).observe(seconds)
 
+    def hedge(self) -> None:
+        self.hedges.inc()
+
     def outcome(self, outcome: str) -> None:
         self.outcomes.labels(outcome).inc()
-        if outcome in ("consumer_cache", "unavailable", "producer_stale"):
+        if outcome in ("consumer_cache", "unavailable", "producer_stale", "no_data"):
             self.common.fallbacks.labels(reason=outcome).inc()
 
     def cache_lookup(self, hit: bool) -> None:

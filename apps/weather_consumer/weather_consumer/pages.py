@@ -1,4 +1,5 @@
-"""Server-rendered pages: the form, the result, the status of the producers."""
+"""Server-rendered pages: the form, the result (public); the status of the producers
+(operator port only, see web.py)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,9 @@ import json
 import logging
 from dataclasses import dataclass
 
-import requests
-from requests.adapters import HTTPAdapter
 from weather_common.breaker import CircuitBreaker, CircuitOpenError
 from weather_common.consul import ConsulClient, HealthWatcher
+from weather_common.deadline import HttpClient
 
 from .balancer import Balancer, ProducerFailure
 from .cache import LastGoodCache
@@ -36,8 +35,9 @@ class Runtime:
     service: WeatherService
     discovery: object | None
     metrics: ConsumerMetrics
-    session: requests.Session
+    client: HttpClient
     default_country: str = "us"
+    operator_ports: frozenset = frozenset()
 
     @classmethod
     def from_config(cls, cfg) -> "Runtime":
@@ -51,25 +51,27 @@ class Runtime:
             return breaker
 
         metrics = ConsumerMetrics()
+        per_try = float(cfg["PER_TRY_TIMEOUT"])
         pool = InstancePool(breaker_factory, forget_after=float(cfg["INSTANCE_FORGET_AFTER"]),
-                            panic_routing=bool(cfg["PANIC_ROUTING"]))
+                            panic_routing=bool(cfg["PANIC_ROUTING"]),
+                            decay=float(cfg["LATENCY_DECAY"]))
         cache = LastGoodCache(max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
         metrics.bind_pool(pool, cache)
 
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers["User-Agent"] = "weather-consumer"
-        session.trust_env = False  # producer calls are internal: no proxies, no netrc
-
-        balancer = Balancer(pool, session,
+        max_body = int(cfg["MAX_BODY"])
+        client = HttpClient(max_body=max_body, user_agent="weather-consumer")
+        balancer = Balancer(pool, client,
                             deadline=float(cfg["REQUEST_DEADLINE"]),
-                            per_try_timeout=float(cfg["PER_TRY_TIMEOUT"]),
-                            connect_timeout=float(cfg["CONNECT_TIMEOUT"]),
+                            per_try_timeout=per_try,
                             max_attempts=int(cfg["MAX_ATTEMPTS"]),
+                            hedge_delay=float(cfg["HEDGE_DELAY"]),
+                            hedge_budget=float(cfg["HEDGE_BUDGET"]),
+                            hedge_burst=float(cfg["HEDGE_BURST"]),
+                            slow_call_threshold=float(cfg["SLOW_CALL_THRESHOLD"] or 0),
+                            max_body=max_body,
                             circuit_open_errors=(CircuitOpenError,),
-                            observe=metrics.observe_attempt)
+                            observe=metrics.observe_attempt,
+                            on_hedge=metrics.hedge)
         service = WeatherService(balancer, cache, metrics)
 
         static = _producer_urls(cfg["PRODUCER_URLS"])
@@ -79,8 +81,9 @@ class Runtime:
         elif cfg["CONSUL_HTTP_ADDR"]:
             discovery = ConsulDiscovery(pool, _consul_watcher(cfg),
                                         initial_wait=float(cfg["DISCOVERY_INITIAL_WAIT"]))
-        return cls(pool, cache, balancer, service, discovery, metrics, session,
-                   default_country=str(cfg["DEFAULT_COUNTRY"]).lower())
+        return cls(pool, cache, balancer, service, discovery, metrics, client,
+                   default_country=str(cfg["DEFAULT_COUNTRY"]).lower(),
+                   operator_ports=parse_ports(cfg["OPERATOR_PORT"]))
 
     def start(self) -> None:
         if self.discovery is not None:
@@ -89,7 +92,7 @@ class Runtime:
     def close(self) -> None:
         if self.discovery is not None:
             self.discovery.stop()
-        self.session.close()
+        self.client.close()
 
     def discovery_status(self) -> dict:
         if self.discovery is None:
@@ -101,8 +104,11 @@ class Runtime:
 
         (weather_common's ``ready_check`` signature: ``(ok, details)``.)
         """
+        # Counts only: /ready is served on the public port too (no addresses, no places,
+        # no Consul error text - those are on the operator status).
+        discovery = self.discovery_status()
         details = {"producers": len(self.pool.healthy()), "cache_entries": len(self.cache),
-                   "discovery": self.discovery_status()}
+                   "discovery": {"kind": discovery.get("kind"), "ok": discovery.get("ok")}}
         if details["producers"]:
             details["reason"] = "producer instances known"
             return True, details
@@ -118,6 +124,21 @@ class Runtime:
         else:
             details["reason"] = "no producer instance known yet and nothing cached"
         return False, details
+
+
+def parse_ports(value) -> frozenset:
+    """OPERATOR_PORT: one port, a list, or "9080,9081" (from the environment)."""
+    if value in (None, "", False):
+        return frozenset()
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = str(value).replace(",", " ").split()
+    ports = set()
+    for item in value:
+        port = int(item)
+        if not 0 < port < 65536:
+            raise ValueError(f"OPERATOR_PORT: {port} is not a TCP port")
+        ports.add(port)
+    return frozenset(ports)
 
 
 def _consul_watcher(cfg) -> HealthWatcher:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .balancer import Answer, Balancer, Unavailable
 from .cache import LastGoodCache
 
+log = logging.getLogger(__name__)
+
 CONSUMER_STALE_MESSAGE = "CAUTION - Response out of date, producer unreachable!"
+#: the consumer's own copy, served because the producers have no data right now
+NO_DATA_STALE_MESSAGE = "CAUTION - Response out of date, no current weather data!"
 PRODUCER_STALE_MESSAGE = "CAUTION - Response out of date!"
 
 
@@ -15,7 +20,8 @@ PRODUCER_STALE_MESSAGE = "CAUTION - Response out of date!"
 class Result:
     status: int
     body: dict
-    outcome: str  # fresh | producer_stale | consumer_cache | not_found | bad_request | unavailable
+    # fresh | producer_stale | consumer_cache | no_data | not_found | bad_request | unavailable
+    outcome: str
 
 
 class WeatherService:
@@ -26,51 +32,97 @@ class WeatherService:
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.outcome(outcome)
+            try:
+                self.metrics.outcome(outcome)
+            except Exception:  # metrics must never break a lookup
+                log.exception("metrics hook failed")
 
     def lookup(self, zip_code: str, country: str) -> Result:
-        got = self.balancer.get_weather(zip_code, country)
-        if isinstance(got, Answer):
+        try:
+            got = self.balancer.get_weather(zip_code, country)
+        except Exception as exc:  # never a 500: the fallback still applies
+            log.error("balancer failed: %s", type(exc).__name__, exc_info=exc)
+            got = Unavailable("an internal error stopped the lookup")
+        if isinstance(got, Answer) and got.kind == "weather":
             result = self._from_answer(zip_code, country, got)
+        elif isinstance(got, Answer) and got.kind == "no_data":
+            result = self._no_data(zip_code, country, got)
+        elif isinstance(got, Answer):
+            result = self._client_error(zip_code, country, got)
         else:
             result = self._fallback(zip_code, country, got)
         self._count(result.outcome)
         return result
 
     def _from_answer(self, zip_code: str, country: str, ans: Answer) -> Result:
-        body = dict(ans.body)
-        body["source"] = "producer"
-        body["producer"] = ans.instance.id
-        if ans.status != 200:
-            body.setdefault("error", f"producer answered HTTP {ans.status}")
-            outcome = "not_found" if ans.status == 404 else "bad_request"
-            return Result(ans.status, body, outcome)
-        if body.get("stale"):
-            # Passed through as the producer's stale answer; NOT stored as last good.
-            body["stale"] = True
+        body = dict(ans.body)  # validated fields only (balancer.validate_weather_body)
+        body.update({"zip": zip_code, "country": country, "source": "producer",
+                     "producer": ans.instance.id})
+        # Fresh or the producer's stale copy: both become our last good, back-dated by
+        # their age (a stale copy never replaces a newer entry).
+        try:
+            self.cache.put(zip_code, country, ans.body, ans.instance.id)
+        except Exception:
+            log.exception("could not save the answer")
+        if body["stale"]:
             body["message"] = body.get("message") or PRODUCER_STALE_MESSAGE
-            body.setdefault("age_seconds", 0)
             return Result(200, body, "producer_stale")
-        body["stale"] = False
-        body.setdefault("age_seconds", 0)
-        body.setdefault("message", None)
-        self.cache.put(zip_code, country, ans.body, ans.instance.id)
+        body["message"] = None
         return Result(200, body, "fresh")
 
-    def _fallback(self, zip_code: str, country: str, why: Unavailable) -> Result:
+    def _client_error(self, zip_code: str, country: str, ans: Answer) -> Result:
+        body = dict(ans.body)
+        body.setdefault("error", "unknown zip" if ans.status == 404
+                        else f"producer answered HTTP {ans.status}")
+        body.update({"zip": zip_code, "country": country, "source": "producer",
+                     "producer": ans.instance.id})
+        return Result(ans.status, body, "not_found" if ans.status == 404 else "bad_request")
+
+    def _saved(self, zip_code: str, country: str):
         hit = self.cache.get(zip_code, country)
         if self.metrics is not None:
-            self.metrics.cache_lookup(hit is not None)
+            try:
+                self.metrics.cache_lookup(hit is not None)
+            except Exception:
+                log.exception("metrics hook failed")
+        return hit
+
+    def _stale_body(self, hit, message: str) -> dict:
+        body = dict(hit.body)
+        body.update({
+            "source": "consumer-cache",
+            "producer": hit.producer,
+            "stale": True,
+            "age_seconds": int(hit.age_seconds),
+            "message": message,
+        })
+        return body
+
+    def _no_data(self, zip_code: str, country: str, ans: Answer) -> Result:
+        """A producer answered "no data for this place right now" (not a failure)."""
+        reason, detail = ans.body["reason"], ans.body["error"]
+        hit = self._saved(zip_code, country)
         if hit is not None:
-            body = dict(hit.body)
-            body.update({
-                "source": "consumer-cache",
-                "producer": hit.producer,
-                "stale": True,
-                "age_seconds": int(hit.age_seconds),
-                "message": CONSUMER_STALE_MESSAGE,
-                "reason": why.reason,
-            })
+            body = self._stale_body(hit, NO_DATA_STALE_MESSAGE)
+            body.update({"zip": zip_code, "country": country, "reason": reason,
+                         "detail": detail})
+            return Result(200, body, "consumer_cache")
+        return Result(503, {
+            "error": f"Weather is unavailable right now: {detail.rstrip('.')}, "
+                     "and there is no saved answer for this place yet. Please try again shortly.",
+            "reason": reason,
+            "detail": detail,
+            "zip": zip_code,
+            "country": country,
+            "source": "producer",
+            "producer": ans.instance.id,
+        }, "no_data")
+
+    def _fallback(self, zip_code: str, country: str, why: Unavailable) -> Result:
+        hit = self._saved(zip_code, country)
+        if hit is not None:
+            body = self._stale_body(hit, CONSUMER_STALE_MESSAGE)
+            body.update({"zip": zip_code, "country": country, "reason": why.reason})
             return Result(200, body, "consumer_cache")
         return Result(503, {
             "error": f"Weather is unavailable right now: {why.reason}, "
