@@ -7,13 +7,32 @@ a key not in the valid keys gives 401.
 
 Runtime control (no auth: it is a test double):
 
-* ``POST /_control`` JSON ``{"mode": "ok|error|slow|429|401|timeout", "delay": seconds}``
-  - ``error``: 500; ``slow``: sleep ``delay`` (default 2) then answer normally;
-  ``429``: rate limited; ``401``: every key rejected; ``timeout``: hang ``delay``
-  (default 60 s, longer than any client timeout) then 504. Switching mode wakes hung
-  requests. ``GET /_control`` shows the current mode.
-* ``GET /_stats`` -> ``{"total", "by_mode", "by_status", "last_60s", "by_zip"}``;
-  ``POST /_stats/reset`` zeroes them.
+* ``POST /_control`` JSON ``{"mode": "<mode>", "delay": seconds}``, modes:
+
+  - ``ok``: normal answers;
+  - ``error``: 500; ``429``: rate limited; ``401``: every key rejected;
+  - ``slow``: wait ``delay`` (default 2 s) then answer normally;
+  - ``timeout``: hang ``delay`` (default 60 s, longer than any client timeout) then 504;
+  - ``drip``: 200 and the headers at once (``Content-Length`` of the real answer), then
+    the body one byte every ``delay`` seconds (default 0.8): a per-read socket timeout
+    never fires, only a deadline on the whole call ends it;
+  - ``hang``: accept the request and send nothing until the mode changes (or 300 s, or
+    ``delay``), then 504;
+  - ``garbage``: 200 ``application/json`` whose body is not JSON (an HTML error page);
+  - ``nan``: 200, OWM-shaped JSON with the literal ``NaN`` as ``main.temp`` (what
+    Python's ``json.dumps`` writes by default; not valid JSON);
+  - ``huge``: 200, a valid OWM-shaped JSON body of about ``delay`` MB (default 4),
+    streamed in 64 KiB chunks with its ``Content-Length`` declared.
+
+  Switching the mode wakes hung requests and ends drips. ``GET /_control`` shows the
+  current mode.
+* ``GET /_stats`` -> ``{"total", "by_mode", "by_status", "last_60s", "by_zip", "by_key",
+  "by_minute", "mode"}``: ``by_key`` counts calls per API key, keyed by the first 12 hex
+  digits of the key's sha256 (never the key); ``by_minute`` counts calls per epoch minute
+  (``{"<int(epoch_seconds // 60)>": count}``, the last 60 minutes with calls). ``GET /_stats?window=<s>``
+  adds ``max_in_window``: the most calls in any ``s``-second sliding window over the
+  last 10 minutes (how a quota test checks a rate limit). ``POST /_stats/reset`` zeroes
+  them.
 
 Configuration (``create_app(test_config)`` / env ``FAKE_OWM_*``): ``API_KEYS`` (list),
 ``API_KEYS_FILE`` (one key per line), ``UNKNOWN_ZIPS``.
@@ -23,16 +42,21 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
+import json
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from weather_common.observability import init_app
 
-MODES = ("ok", "error", "slow", "429", "401", "timeout")
+MODES = ("ok", "error", "slow", "429", "401", "timeout", "drip", "hang", "garbage", "nan", "huge")
+#: seconds of call timestamps kept for ``/_stats?window=``
+HISTORY_SECONDS = 600
+#: longest a ``hang`` request is held when nobody changes the mode
+HANG_MAX_SECONDS = 300.0
+HUGE_CHUNK = 64 * 1024
 DESCRIPTIONS = ("clear sky", "few clouds", "scattered clouds", "broken clouds", "light rain",
                 "moderate rain", "thunderstorm", "snow", "mist", "overcast clouds")
 
@@ -53,6 +77,8 @@ class FakeState:
             self.by_mode: collections.Counter[str] = collections.Counter()
             self.by_status: collections.Counter[str] = collections.Counter()
             self.by_zip: collections.Counter[str] = collections.Counter()
+            self.by_key: collections.Counter[str] = collections.Counter()
+            self.by_minute: collections.Counter[str] = collections.Counter()
             self.times: collections.deque[float] = collections.deque()
 
     def set_mode(self, mode: str, delay: float | None) -> None:
@@ -61,31 +87,59 @@ class FakeState:
             old, self.wake = self.wake, threading.Event()
         old.set()
 
-    def record(self, mode: str, zip_code: str) -> None:
+    def record(self, mode: str, zip_code: str, key: str) -> None:
         now = time.monotonic()
+        minute = str(int(time.time() // 60))  # the epoch minute
         with self.lock:
             self.total += 1
             self.by_mode[mode] += 1
             self.by_zip[zip_code] += 1
+            self.by_key[key_id(key)] += 1
+            self.by_minute[minute] += 1
+            if len(self.by_minute) > 60:
+                for old in sorted(self.by_minute, key=int)[:-60]:
+                    del self.by_minute[old]
             self.times.append(now)
-            while self.times and now - self.times[0] > 60:
+            while self.times and now - self.times[0] > HISTORY_SECONDS:
                 self.times.popleft()
 
     def record_status(self, status: int) -> None:
         with self.lock:
             self.by_status[str(status)] += 1
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, window: float | None = None) -> dict[str, Any]:
         now = time.monotonic()
         with self.lock:
-            return {
+            out: dict[str, Any] = {
                 "total": self.total,
                 "by_mode": dict(self.by_mode),
                 "by_status": dict(self.by_status),
                 "last_60s": sum(1 for t in self.times if now - t <= 60),
                 "by_zip": dict(self.by_zip),
+                "by_key": dict(self.by_key),
+                "by_minute": dict(sorted(self.by_minute.items())),
                 "mode": self.mode,
             }
+            times = list(self.times)
+        if window is not None:
+            out["window"] = window
+            out["max_in_window"] = max_in_window(times, window)
+        return out
+
+
+def key_id(key: str) -> str:
+    """How ``/_stats`` names an API key: the first 12 hex digits of its sha256."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most timestamps (sorted ascending) within any ``window``-second span."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def weather_for(zip_code: str, country: str) -> dict[str, Any]:
@@ -135,10 +189,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         zip_code, country = zip_code.strip(), (country.strip() or "us").lower()
         with state.lock:
             mode, delay, wake = state.mode, state.delay, state.wake
-        state.record(mode, zip_code)
+        state.record(mode, zip_code, request.args.get("appid", ""))
         status, body = _answer(app, mode, delay, wake, zip_code, country)
         state.record_status(status)
-        return jsonify(body), status
+        if status != 200 or mode not in ("drip", "garbage", "nan", "huge"):
+            return jsonify(body), status
+        return _broken_answer(mode, delay, wake, body)
 
     @app.route("/_control", methods=["GET", "POST"])
     def control():
@@ -157,7 +213,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/_stats")
     def stats():
-        return jsonify(state.stats())
+        window = request.args.get("window")
+        try:
+            seconds = None if window is None else float(window)
+        except ValueError:
+            seconds = None
+        if seconds is not None and not 0 < seconds <= HISTORY_SECONDS:
+            return jsonify({"error": f"window must be a number of seconds in (0, {HISTORY_SECONDS}]"}), 400
+        if window is not None and seconds is None:
+            return jsonify({"error": "window must be a number of seconds"}), 400
+        return jsonify(state.stats(seconds))
 
     @app.post("/_stats/reset")
     def stats_reset():
@@ -171,6 +236,9 @@ def _answer(app: Flask, mode: str, delay: float | None, wake: threading.Event,
             zip_code: str, country: str) -> tuple[int, dict[str, Any]]:
     if mode == "timeout":
         wake.wait(60.0 if delay is None else delay)
+        return 504, {"cod": 504, "message": "gateway timeout"}
+    if mode == "hang":
+        wake.wait(HANG_MAX_SECONDS if delay is None else delay)
         return 504, {"cod": 504, "message": "gateway timeout"}
     if mode == "slow":
         wake.wait(2.0 if delay is None else delay)
@@ -187,3 +255,53 @@ def _answer(app: Flask, mode: str, delay: float | None, wake: threading.Event,
     if zip_code in unknown or zip_code.startswith("000"):
         return 404, {"cod": "404", "message": "city not found"}
     return 200, weather_for(zip_code, country)
+
+
+def _broken_answer(mode: str, delay: float | None, wake: threading.Event, body: dict[str, Any]) -> Response:
+    """The 200 answers that are not what they seem (``drip``, ``garbage``, ``nan``, ``huge``).
+
+    The body is built by hand (``json.dumps``), not by the app's JSON provider: ``nan``
+    needs the ``NaN`` literal that a strict provider refuses to write.
+    """
+    if mode == "garbage":
+        page = b"<html><body><h1>502 Bad Gateway</h1><p>upstream hiccup</p></body></html>\n"
+        return Response(page, status=200, content_type="application/json; charset=utf-8")
+    if mode == "nan":
+        body["main"]["temp"] = float("nan")
+        body["main"]["feels_like"] = float("nan")
+        return Response(json.dumps(body, allow_nan=True), status=200, content_type="application/json; charset=utf-8")
+    if mode == "drip":
+        data = json.dumps(body).encode()
+        step = 0.8 if delay is None else delay
+        return Response(_drip(data, step, wake), status=200, content_type="application/json; charset=utf-8",
+                        headers={"Content-Length": str(len(data))}, direct_passthrough=True)
+    # huge: valid JSON, several MB (a padding list of station records), streamed
+    megabytes = 4.0 if delay is None else delay
+    data = _huge_body(body, int(megabytes * 1024 * 1024))
+    return Response(_chunks(data, wake), status=200, content_type="application/json; charset=utf-8",
+                    headers={"Content-Length": str(len(data))}, direct_passthrough=True)
+
+
+def _drip(data: bytes, step: float, wake: threading.Event) -> Iterator[bytes]:
+    """The first byte at once (with the headers), then one byte every ``step`` seconds;
+    stops early when the mode changes (the client then sees a short body)."""
+    for i in range(len(data)):
+        if i and wake.wait(step):
+            return
+        yield data[i:i + 1]
+
+
+def _chunks(data: bytes, wake: threading.Event) -> Iterator[bytes]:
+    for i in range(0, len(data), HUGE_CHUNK):
+        if wake.is_set():
+            return
+        yield data[i:i + HUGE_CHUNK]
+
+
+def _huge_body(body: dict[str, Any], size: int) -> bytes:
+    record = '{"id": 1234567, "name": "station", "temp": 1.5},'
+    count = max(1, size // len(record))
+    stations = "[" + record * count
+    stations = stations[:-1] + "]"
+    head = json.dumps(body)
+    return (head[:-1] + ', "stations": ' + stations + "}").encode()

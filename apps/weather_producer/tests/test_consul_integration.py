@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -60,6 +61,7 @@ def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer
     # as a fresh answer, see test_fresh_answers_are_shared_through_kv_no_second_owm_call).
     b = run_producer(**common, CACHE_TTL=0)
     good = a.get(zip="10001").json()
+    assert a.producer.service.store.flush(5)  # KV writes are asynchronous
     stored = consul_agent.client().kv_get(f"{prefix}/us/10001")
     assert stored["value"]["city"] == good["city"] and stored["fetched_at"] > 0
     fake_owm.set_mode("error")
@@ -74,8 +76,9 @@ def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer
     c = run_producer(**common, CACHE_TTL=0)
     body = c.get(zip="10001").json()
     assert body["stale"] is True and body["city"] == good["city"]
-    # unknown location and OWM down: plain 503
-    assert c.get(zip="10002").status_code == 503
+    # unknown location and OWM down: a marked 503
+    r = c.get(zip="10002")
+    assert r.status_code == 503 and r.headers["X-Weather-Answer"] == "no-data"
 
 
 def test_gunicorn_sigterm_deregisters(run_producer_gunicorn, consul_agent, fake_owm, owm_key_file, owm_key, wait_until):
@@ -118,6 +121,7 @@ def test_fresh_answers_are_shared_through_kv_no_second_owm_call(run_producer, co
             for _ in range(2))
     fake_owm.reset_stats()
     first = a.get(zip="10001").json()
+    assert a.producer.service.store.flush(5)  # KV writes are asynchronous
     second = b.get(zip="10001").json()  # B's own fresh cache is empty: KV has A's answer
     assert first["stale"] is False and second["stale"] is False
     assert (second["instance"], second["temperature_c"]) == (b.instance, first["temperature_c"])
@@ -127,3 +131,48 @@ def test_fresh_answers_are_shared_through_kv_no_second_owm_call(run_producer, co
                      CACHE_TTL=0)
     assert c.get(zip="10001").json()["stale"] is False
     assert fake_owm.stats()["total"] == 2
+
+
+NOW = time.time()
+GOOD_VALUE = {"city": "Poisonville", "description": "clear sky", "temperature_c": 12.5,
+              "observed_at": "2024-05-01T12:00:00Z"}
+
+
+@pytest.mark.parametrize("raw", [
+    # fetched_at an hour in the future: would be "fresh" forever
+    json.dumps({"value": GOOD_VALUE, "fetched_at": NOW + 3600}),
+    # NaN temperature (Consul stores any bytes; json.dumps writes the NaN literal)
+    json.dumps({"value": {**GOOD_VALUE, "temperature_c": float("nan")}, "fetched_at": NOW}),
+    json.dumps({"value": {**GOOD_VALUE, "temperature_c": 1e308 * 10}, "fetched_at": NOW}),
+    # wrong types
+    json.dumps({"value": {**GOOD_VALUE, "temperature_c": "hot"}, "fetched_at": NOW}),
+    json.dumps({"value": {**GOOD_VALUE, "city": 5}, "fetched_at": NOW}),
+    json.dumps({"value": {**GOOD_VALUE, "observed_at": 1714564800}, "fetched_at": NOW}),
+    json.dumps({"value": "sunny", "fetched_at": NOW}),
+    json.dumps({"value": GOOD_VALUE, "fetched_at": "yesterday"}),
+    json.dumps([GOOD_VALUE]),
+    "not json at all",
+], ids=["future", "nan", "infinity", "temp-str", "city-int", "observed-int", "value-str", "fetched-str",
+        "list", "garbage"])
+def test_poisoned_kv_entry_is_ignored(run_producer, consul_agent, fake_owm, raw):
+    prefix = f"t/poison-{uuid.uuid4().hex[:6]}"
+    r = requests.put(f"{consul_agent.url}/v1/kv/{prefix}/us/10001", data=raw.encode(), timeout=5)
+    assert r.status_code == 200 and r.text.strip() == "true"
+    prod = run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_REGISTER=False, CACHE_KV_PREFIX=prefix,
+                        OWM_QUOTA_KV_PREFIX=f"t/q-{uuid.uuid4().hex[:6]}")
+    # OWM down: the poisoned entry is not served as the stale answer
+    fake_owm.set_mode("error")
+    r = prod.get(zip="10001")
+    assert r.status_code == 503 and r.headers["X-Weather-Answer"] == "no-data", r.text
+    assert b"Poisonville" not in r.content and b"NaN" not in r.content
+    # OWM up: the poisoned entry is not taken as a fresh shared answer either: OWM is asked
+    fake_owm.set_mode("ok")
+    r = prod.get(zip="10001")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["city"] == "City 10001" and body["stale"] is False
+    assert fake_owm.stats()["by_mode"].get("ok") == 1
+    # ... and the good answer replaces the poisoned entry in KV
+    assert prod.producer.service.store.flush(5)
+    stored = consul_agent.client().kv_get(f"{prefix}/us/10001")
+    assert stored["value"]["city"] == "City 10001" and stored["fetched_at"] <= time.time()

@@ -37,16 +37,20 @@ def test_fresh_answer_has_the_contract_fields(run_producer, fake_owm):
     assert fake_owm.stats()["total"] == 1
 
 
-@pytest.mark.parametrize("mode,delay", [("error", None), ("429", None), ("timeout", 5), ("slow", 3)])
+@pytest.mark.parametrize("mode,delay", [
+    ("error", None), ("429", None), ("timeout", 5), ("slow", 3), ("drip", 0.8), ("hang", None),
+    ("garbage", None), ("nan", None), ("huge", None),
+])
 def test_outage_serves_stale_last_good(run_producer, fake_owm, mode, delay):
     prod = run_producer(CACHE_TTL=0.2)
     good = _prime(prod)
     time.sleep(0.3)  # fresh entry expired
-    fake_owm.set_mode(mode, delay)  # slow 3 s > read timeout 1 s
+    fake_owm.set_mode(mode, delay)  # slow 3 s > OWM_DEADLINE 1.5 s
     t0 = time.monotonic()
     r = prod.get(zip="10001", country="us")
     assert time.monotonic() - t0 < 3
     assert r.status_code == 200, r.text
+    assert b"NaN" not in r.content and "X-Weather-Answer" not in r.headers
     body = r.json()
     assert body["stale"] is True and body["message"] == STALE_MESSAGE == "CAUTION - Response out of date!"
     assert body["age_seconds"] >= 0 and isinstance(body["age_seconds"], int)
@@ -54,16 +58,20 @@ def test_outage_serves_stale_last_good(run_producer, fake_owm, mode, delay):
         {k: good[k] for k in ("city", "temperature_c", "observed_at")}
 
 
-@pytest.mark.parametrize("mode,delay,words", [
-    ("error", None, "HTTP 500"), ("429", None, "rate limit"), ("timeout", 5, "timed out"),
+@pytest.mark.parametrize("mode,delay,words,reason", [
+    ("error", None, "HTTP 500", "owm_outage"), ("429", None, "rate limit", "owm_quota"),
+    ("timeout", 5, "timed out", "owm_slow"), ("garbage", None, "unexpected answer", "owm_outage"),
 ])
-def test_outage_without_cache_is_503_with_plain_reason(run_producer, fake_owm, mode, delay, words):
+def test_outage_without_cache_is_a_marked_503_with_plain_reason(run_producer, fake_owm, mode, delay, words, reason):
     prod = run_producer()
     fake_owm.set_mode(mode, delay)
     r = prod.get(zip="10002", country="us")
     assert r.status_code == 503
     assert r.headers["Content-Type"].startswith("application/json")
-    assert words in r.json()["error"]
+    assert r.headers["X-Weather-Answer"] == "no-data"
+    body = r.json()
+    assert words in body["error"] and body["reason"] == reason
+    assert (body["zip"], body["country"], body["instance"]) == ("10002", "us", prod.instance)
 
 
 def test_slow_but_within_timeout_is_fresh(run_producer, fake_owm):
@@ -77,8 +85,10 @@ def test_unknown_zip_is_404_and_not_an_outage(run_producer, fake_owm):
     prod = run_producer(BREAKER_FAILURE_THRESHOLD=2)
     for _ in range(5):
         r = prod.get(zip="00000", country="us")
-        assert r.status_code == 404
-        assert r.json() == {"error": "unknown zip", "zip": "00000", "country": "us"}
+        assert r.status_code == 404 and r.headers["X-Weather-Answer"] == "not-found"
+        assert r.json() == {"error": "unknown zip", "reason": "unknown_zip", "zip": "00000", "country": "us",
+                            "instance": prod.instance}
+    assert fake_owm.stats()["total"] == 1  # the 404 is cached for CACHE_TTL (negative cache)
     svc = prod.producer.service
     assert svc.breaker.state == "closed" and svc.breaker.stats().failures == 0
     assert svc.store.get("us/00000") is None
@@ -96,6 +106,7 @@ def test_401_is_a_config_error_ready_503_and_stale_served(run_producer, fake_owm
     assert r.status_code == 200 and r.json()["stale"] is True
     r = prod.get(zip="10009", country="us")  # nothing cached for this one
     assert r.status_code == 503 and "API key" in r.json()["error"]
+    assert r.json()["reason"] == "owm_config" and r.headers["X-Weather-Answer"] == "no-data"
     ready = prod.get("/ready")
     assert ready.status_code == 503
     assert "401" in ready.json()["reason"]
@@ -108,7 +119,7 @@ def test_401_is_a_config_error_ready_503_and_stale_served(run_producer, fake_owm
 def test_missing_key_file_not_ready_and_no_owm_call(run_producer, fake_owm, tmp_path):
     prod = run_producer(OWM_API_KEY_FILE=str(tmp_path / "missing"))
     r = prod.get(zip="10001")
-    assert r.status_code == 503 and "misconfigured" in r.json()["error"]
+    assert r.status_code == 503 and "misconfigured" in r.json()["error"] and r.json()["reason"] == "owm_config"
     ready = prod.get("/ready")
     assert ready.status_code == 503 and "key file" in ready.json()["reason"]
     assert fake_owm.stats()["total"] == 0
@@ -126,6 +137,7 @@ def test_breaker_opens_and_stops_calling_owm(run_producer, fake_owm):
     assert fake_owm.stats()["total"] == 3
     r = prod.get(zip="20009")
     assert r.status_code == 503 and "retry in" in r.json()["error"]
+    assert r.json()["reason"] == "breaker_open" and r.headers["X-Weather-Answer"] == "no-data"
     assert fake_owm.stats()["total"] == 3  # refused by the breaker, OWM not called
     metrics = prod.get("/metrics").text
     assert 'weather_circuit_breaker_state{breaker="owm"} 2.0' in metrics
@@ -138,6 +150,7 @@ def test_bad_input_is_400_with_reason(run_producer, fake_owm):
                            ({"zip": "1;2"}, "only letters"), ({"zip": "1", "country": "usa"}, "2-letter")]:
         r = prod.get(**params)
         assert r.status_code == 400 and reason in r.json()["error"]
+        assert "X-Weather-Answer" not in r.headers and "reason" not in r.json()  # not a "no data" answer
     assert fake_owm.stats()["total"] == 0
 
 

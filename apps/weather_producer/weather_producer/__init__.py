@@ -15,12 +15,14 @@ from flask import Flask, current_app, jsonify, request
 from weather_common.breaker import CircuitBreaker
 from weather_common.cache import ConsulLastGoodStore, FreshCache, MemoryLastGoodStore
 from weather_common.consul import ConsulClient, ServiceRegistration
+from weather_common.deadline import Deadline
 from weather_common.observability import init_app
-from weather_common.validation import ValidationError, validate_location
+from weather_common.validation import ValidationError, validate_location, validate_weather
 
 from .netaddr import detect_address
-from .owm import ApiKeyFile, OwmClient, OwmOutage
-from .service import RateLimiter, WeatherService
+from .owm import ApiKeyFile, OwmClient
+from .quota import RateLimiter, SharedRateLimiter
+from .service import ANSWER_HEADER, WeatherService, answer_header, owm_failure
 
 __all__ = ["create_app", "DEFAULTS", "EXTENSION"]
 
@@ -32,12 +34,17 @@ EXTENSION = "weather_producer"
 DEFAULTS: dict[str, Any] = {
     "OWM_BASE_URL": "https://api.openweathermap.org",
     "OWM_API_KEY_FILE": None,         # secret: a file, never an env value
-    # OWM timeouts: their sum (1.5 s, the worst case of one OWM call) must stay below the
-    # consumer's PER_TRY_TIMEOUT (2.0 s), or the consumer gives up on a producer that is
-    # about to serve its stale answer (see README "Timeouts").
-    "OWM_CONNECT_TIMEOUT": 0.5,
-    "OWM_READ_TIMEOUT": 1.0,
-    "OWM_MAX_CALLS_PER_MINUTE": 60,   # quota guard (0 = off)
+    # Deadlines (see README "Deadlines"): one OWM call (DNS to last body byte) ends within
+    # OWM_DEADLINE; a whole lookup within PRODUCER_DEADLINE, or sooner when the caller's
+    # X-Deadline-Ms header says so (minus DEADLINE_HEADER_MARGIN for the way back).
+    "OWM_DEADLINE": 1.5,
+    "PRODUCER_DEADLINE": 1.8,
+    "DEADLINE_HEADER_MARGIN": 0.05,
+    "OWM_MAX_CALLS_PER_MINUTE": 60,   # OWM calls per OWM_QUOTA_WINDOW for the KEY, all producers (0 = off)
+    "OWM_QUOTA_WINDOW": 60,           # seconds
+    "OWM_QUOTA_KV_PREFIX": "weather/quota",
+    "OWM_QUOTA_BUDGET": 0.3,          # seconds one quota check may spend on Consul
+    "OWM_QUOTA_PRODUCERS": 1,         # floor of the producer count for the fallback share
     "CACHE_TTL": 60,                  # seconds an answer is fresh
     "CACHE_MAX_ENTRIES": 10_000,      # locations kept in memory (fresh and last-good, LRU)
     "DEFAULT_COUNTRY": "us",
@@ -73,6 +80,25 @@ class Producer:
     def close(self) -> None:
         if self.registration is not None:
             self.registration.stop()
+        for part in (self.service.limiter, self.service.store, self.service.owm):
+            close = getattr(part, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # best effort at shutdown
+                    log.exception("closing %s failed", type(part).__name__)
+
+
+def request_budget(header: str | None, configured: float, margin: float) -> float:
+    """Seconds a lookup may take: ``configured``, or less when the caller's
+    ``X-Deadline-Ms`` (its remaining budget, whole ms) minus ``margin`` is smaller.
+    A missing or malformed header is ignored; a spent one gives 0 (fallback at once)."""
+    if header is None:
+        return configured
+    text = header.strip()
+    if not text or len(text) > 12 or not text.lstrip("-").isdigit():
+        return configured
+    return max(0.0, min(configured, int(text) / 1000.0 - margin))
 
 
 def _ready(app: Flask):
@@ -83,6 +109,7 @@ def _ready(app: Flask):
             "instance": svc.instance,
             "breaker": svc.breaker.state,
             "cache_backend": getattr(svc.store, "backend", "memory"),
+            "quota_backend": getattr(svc.limiter, "backend", "local"),
         }
         if prod.registration is not None:
             details["consul_registered"] = prod.registration.registered
@@ -113,11 +140,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     key = ApiKeyFile(cfg["OWM_API_KEY_FILE"])
     if key.get() is None:
         log.error("OWM API key unavailable: %s", key.error)
-    owm = OwmClient(cfg["OWM_BASE_URL"], key, float(cfg["OWM_CONNECT_TIMEOUT"]), float(cfg["OWM_READ_TIMEOUT"]))
+    owm = OwmClient(cfg["OWM_BASE_URL"], key, deadline=float(cfg["OWM_DEADLINE"]))
     breaker = CircuitBreaker(
         failure_threshold=int(cfg["BREAKER_FAILURE_THRESHOLD"]),
         recovery_timeout=float(cfg["BREAKER_RECOVERY_TIMEOUT"]),
-        expected_exception=OwmOutage,
+        expected_exception=owm_failure,  # outages AND unexpected exceptions; not 404/401
         name="owm",
     )
     metrics.watch_breaker(breaker)
@@ -127,8 +154,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if cfg["CONSUL_HTTP_ADDR"]:
         consul = ConsulClient(str(cfg["CONSUL_HTTP_ADDR"]), token_file=cfg["CONSUL_TOKEN_FILE"])
         store = ConsulLastGoodStore(consul, prefix=str(cfg["CACHE_KV_PREFIX"]),
-                                    max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
+                                    max_entries=int(cfg["CACHE_MAX_ENTRIES"]), validate=validate_weather)
         metrics.watch_breaker(store.breaker)
+        limiter: RateLimiter | SharedRateLimiter = SharedRateLimiter(
+            consul, key.get, int(cfg["OWM_MAX_CALLS_PER_MINUTE"]), window=float(cfg["OWM_QUOTA_WINDOW"]),
+            instance=instance, prefix=str(cfg["OWM_QUOTA_KV_PREFIX"]), budget=float(cfg["OWM_QUOTA_BUDGET"]),
+            expected_producers=int(cfg["OWM_QUOTA_PRODUCERS"]),
+        )
+        metrics.watch_breaker(limiter.breaker)
         if cfg["CONSUL_REGISTER"]:
             address = detect_address(cfg["ADVERTISE_ADDRESS"], cfg["ADVERTISE_INTERFACE"], cfg["ADVERTISE_CIDR"])
             registration = ServiceRegistration(
@@ -144,27 +177,40 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             ).start()
     else:
         store = MemoryLastGoodStore(max_entries=int(cfg["CACHE_MAX_ENTRIES"]))
+        limiter = RateLimiter(int(cfg["OWM_MAX_CALLS_PER_MINUTE"]), window=float(cfg["OWM_QUOTA_WINDOW"]))
 
     service = WeatherService(
         owm=owm,
         breaker=breaker,
         fresh=FreshCache(ttl=float(cfg["CACHE_TTL"]), max_entries=int(cfg["CACHE_MAX_ENTRIES"])),
         store=store,
-        limiter=RateLimiter(int(cfg["OWM_MAX_CALLS_PER_MINUTE"])),
+        limiter=limiter,
         metrics=metrics,
         instance=instance,
+        deadline=float(cfg["PRODUCER_DEADLINE"]),
+        owm_deadline=float(cfg["OWM_DEADLINE"]),
     )
     app.extensions[EXTENSION] = Producer(service, key, consul, registration)
 
+    producer_deadline = float(cfg["PRODUCER_DEADLINE"])
+    header_margin = float(cfg["DEADLINE_HEADER_MARGIN"])
+
     @app.get("/weather")
     def weather():
+        # the budget starts now, before validation: the caller's clock is already running
+        deadline = Deadline(request_budget(request.headers.get("X-Deadline-Ms"), producer_deadline, header_margin))
         try:
             zip_code, country = validate_location(
                 request.args.get("zip"), request.args.get("country"), current_app.config["DEFAULT_COUNTRY"]
             )
         except ValidationError as exc:
             return jsonify({"error": exc.reason}), 400
-        status, body = service.lookup(zip_code, country)
-        return jsonify(body), status
+        status, body = service.lookup(zip_code, country, deadline)
+        response = jsonify(body)
+        response.status_code = status
+        mark = answer_header(status, body)
+        if mark is not None:
+            response.headers[ANSWER_HEADER] = mark
+        return response
 
     return app

@@ -1,7 +1,9 @@
 """gunicorn settings for the producer.
 
-One worker process with threads: the fresh cache, single-flight and the quota guard
-live in process memory, so one process per container keeps OWM calls bounded.
+One worker process with threads: the fresh cache and single-flight live in process
+memory (and the quota guard too when Consul is not configured; with Consul the OWM call
+budget is shared by all producers in KV), so one process per container keeps OWM calls
+bounded.
 
 SIGTERM: gunicorn stops the worker gracefully and calls ``worker_exit`` in the worker
 process, which stops the Consul registration (deregisters the service). ``atexit`` in
