@@ -112,8 +112,14 @@ def test_producer_container_read_only_non_root_with_consul(images, lab, tmp_path
     assert [(e["Service"]["ID"], e["Service"]["Address"], e["Service"]["Port"]) for e in entries] == [
         (f"weather-producer-{instance}", ip, 8000)
     ]
-    kv = requests.get(f"{consul_url}/v1/kv/weather/cache/us/10001", params={"raw": ""}, timeout=3).json()
-    assert kv["value"]["city"] == "City 10001"
+    # last-good KV writes are asynchronous: give the writer a moment
+    deadline = time.monotonic() + 5
+    while True:
+        r = requests.get(f"{consul_url}/v1/kv/weather/cache/us/10001", params={"raw": ""}, timeout=3)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.json()["value"]["city"] == "City 10001"
 
     # docker stop = SIGTERM: deregistered at once
     docker("stop", "-t", "20", prod)
