@@ -204,7 +204,6 @@ def test_memory_last_good_store_bounded_under_threads():
 
 
 # --------------------------------------------- Consul off the hot path (issue 11)
-import json as _json
 import logging
 import math
 import socket
