@@ -369,3 +369,21 @@ def test_consul_store_does_not_write_nan(consul_factory):
     assert store.write_failures == 1 and store.writes == 0
     assert agent.client().kv_get("p/us/1") is None
     store.close()
+
+
+def test_consul_store_outage_does_not_flood_the_logs(caplog):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    refused = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()  # nothing listens: every write is refused at once
+    store = ConsulLastGoodStore(ConsulClient(refused), prefix="p")
+    with caplog.at_level(logging.WARNING, logger="weather_common.cache"):
+        for i in range(200):
+            store.put(f"us/{i}", {"v": i}, fetched_at=10 + i)
+        assert store.flush(5)
+    assert store.write_failures == 200 and store.writes == 0
+    assert store.breaker.state == "open"
+    lines = [r for r in caplog.records if "last-good KV put" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert len(store.items()) == 200  # all kept in memory
+    store.close()

@@ -288,7 +288,8 @@ class ConsulLastGoodStore:
         self._busy = False
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._last_drop_log = 0.0
+        self._last_drop_log = -1e9
+        self._last_fail_log = -1e9
         self._logged_invalid: set[str] = set()
         # counters
         self.writes = 0  # entries written to KV
@@ -441,11 +442,17 @@ class ConsulLastGoodStore:
                     return
             self.skipped_writes += 1  # lost three races: others are writing this key
         except (ConsulError, CircuitOpenError) as exc:
-            self.write_failures += 1
-            log.warning("last-good KV put %s failed (kept in memory): %s", key, exc)
+            self._write_failed(key, f"failed (kept in memory): {exc}")
         except ValueError as exc:  # not JSON-encodable (NaN...): a bug upstream, not Consul's
-            self.write_failures += 1
-            log.warning("last-good KV put %s refused: %s", key, exc)
+            self._write_failed(key, f"refused: {exc}")
+
+    def _write_failed(self, key: str, what: str) -> None:
+        """Count; log at most one line every 10 s (an outage must not flood the logs)."""
+        self.write_failures += 1
+        now = time.monotonic()
+        if now - self._last_fail_log >= 10.0:
+            self._last_fail_log = now
+            log.warning("last-good KV put %s %s (%d write failures so far)", key, what, self.write_failures)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued write was attempted; False on timeout."""
