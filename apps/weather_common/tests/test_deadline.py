@@ -413,6 +413,12 @@ def test_injected_resolver_is_used_and_its_errors_are_connect_errors(raw_server)
     assert isinstance(exc, HttpConnectError) and exc.phase == "dns"
     assert elapsed < 0.5
 
+    def broken_resolver(host, port):
+        raise RuntimeError("resolver bug")
+
+    res, exc, elapsed = timed(HttpClient(resolver=broken_resolver).get, "http://x.weather.test/", deadline=2)
+    assert isinstance(exc, HttpConnectError) and exc.phase == "dns"
+
 
 def test_refused_port_is_a_connect_error():
     s = socket.socket()

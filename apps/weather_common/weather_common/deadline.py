@@ -408,7 +408,7 @@ class HttpClient:
         except FutureTimeout:
             fut.cancel()
             raise HttpTimeout(f"{where}: deadline spent in DNS", phase="dns") from None
-        except OSError as exc:  # socket.gaierror
+        except Exception as exc:  # socket.gaierror, or whatever an injected resolver raised
             raise HttpConnectError(f"{where}: DNS lookup failed ({exc.__class__.__name__})", phase="dns") from None
         addrs = [a for a in (addrs or []) if a and a[0] in (socket.AF_INET, socket.AF_INET6)]
         if not addrs:
