@@ -6,9 +6,11 @@ apps/conftest.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,10 @@ class StubProducer:
 
     def hits(self) -> int:
         return requests.get(f"{self.url}/_hits", timeout=2).json()["weather"]
+
+    def deadlines(self) -> list:
+        """The X-Deadline-Ms header of every /weather request so far (None: not sent)."""
+        return requests.get(f"{self.url}/_hits", timeout=2).json()["deadline_ms"]
 
     def kill(self) -> None:
         """SIGKILL, like a crashed producer: connections are refused from now on."""
@@ -139,9 +145,75 @@ def make_app():
 
 @pytest.fixture
 def live_consumer(make_app, wsgi_server):
-    """``live_consumer(producer_urls, **config)`` -> a consumer on real HTTP (``.url``)."""
+    """``live_consumer(producer_urls, **config)`` -> a consumer on real HTTP: ``.url`` (the
+    public listener) and ``.operator_url`` (a second server of the same app whose local
+    port is the app's operator port)."""
 
     def factory(urls=(), **config):
-        return wsgi_server(make_app(urls, **config))
+        app = make_app(urls, **config)
+        public, ops = wsgi_server(app), wsgi_server(app)
+        app.extensions["weather_consumer"].operator_ports = frozenset({ops.port})
+        public.operator_url = ops.url
+        return public
 
     return factory
+
+
+class ConsumerGunicorn:
+    """The consumer under REAL gunicorn (its gunicorn.conf.py): a public and an operator
+    listener on free loopback ports. ``.public``, ``.operator`` (base URLs), ``.ports``."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, free_port) -> None:
+        self.public_port, self.operator_port = free_port(), free_port()
+        self.public = f"http://127.0.0.1:{self.public_port}"
+        self.operator = f"http://127.0.0.1:{self.operator_port}"
+        self.log_path = log_path
+        conf = Path(__file__).resolve().parents[1] / "weather_consumer" / "gunicorn.conf.py"
+        full_env = {**os.environ, **env,
+                    "GUNICORN_BIND": f"127.0.0.1:{self.public_port}",
+                    "WEATHER_CONSUMER_OPERATOR_PORT": str(self.operator_port),
+                    "GUNICORN_THREADS": "4"}
+        full_env["GUNICORN_OPERATOR_BIND"] = f"127.0.0.1:{self.operator_port}"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("gunicorn")), "-c", str(conf),
+                 "weather_consumer.wsgi:app"], env=full_env, stdout=log,
+                stderr=subprocess.STDOUT, cwd=str(log_path.parent), start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if all(requests.get(f"{u}/health", timeout=1).status_code == 200
+                       for u in (self.public, self.operator)):
+                    break
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"consumer gunicorn did not start: {self.output()[-2000:]}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def consumer_gunicorn(tmp_path, free_port_fn):
+    """``consumer_gunicorn(env) -> ConsumerGunicorn`` (``env``: WEATHER_CONSUMER_* etc.)."""
+    started: list[ConsumerGunicorn] = []
+
+    def start(env: dict[str, str]) -> ConsumerGunicorn:
+        proc = ConsumerGunicorn(env, tmp_path / f"consumer-{len(started)}.log", free_port_fn)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -50,7 +50,7 @@ def test_status_api_has_the_contract_shape(client, producer, operator):
     body = operator(client).get("/api/status").get_json()
     (row,) = body["producers"]
     assert isinstance(row.pop("latency_ms"), float) and row.pop("in_flight") == 0
-    assert row == {"id": producer.instance_id, "address": "127.0.0.1",
+    assert row == {"id": producer.instance_id, "name": "producer-1", "address": "127.0.0.1",
                    "port": producer.port, "healthy": True, "breaker": "closed"}
     assert [(c["zip"], c["country"]) for c in body["cache"]] == [("10001", "us")]
     assert isinstance(body["cache"][0]["age_seconds"], int)
@@ -68,7 +68,8 @@ def test_weather_page_shows_the_answer(client, producer):
     html = r.get_data(as_text=True)
     assert r.status_code == 200
     assert "Town 10001" in html and "light rain" in html and "21.5 °C" in html
-    assert "2026-11-22 12:00 UTC" in html and producer.instance_id in html
+    assert "2026-11-22 12:00 UTC" in html and "producer-1" in html and producer.name in html
+    assert producer.instance_id not in html and str(producer.port) not in html  # no address
     assert 'id="stale-banner"' not in html
 
 
@@ -157,7 +158,8 @@ def test_configuration_from_the_environment(monkeypatch, stubs):
         rt = app.extensions["weather_consumer"]
         assert rt.balancer.deadline == 0.7
         body = app.test_client().get("/api/weather?zip=10115").get_json()
-        assert body["country"] == "de" and body["producer"] == p.instance_id
+        assert body["country"] == "de" and body["instance"] == p.name
+        assert body["producer"] == "producer-1"
     finally:
         app.extensions["weather_consumer"].close()
     # test_config wins over the environment

@@ -84,6 +84,12 @@ def test_bad_input_shows_the_reason_and_status_page_renders(browser, run_produce
     consumer = live_consumer([prod.url])
     browser.get(consumer.url + "/weather?zip=%3Cb%3E1")
     assert "only letters" in browser.find_element(By.ID, "reason").text
+    # The public listener has no status page (and no link to it) ...
     browser.get(consumer.url + "/status")
+    assert "Page not found" in browser.page_source
+    assert not browser.find_elements(By.LINK_TEXT, "Status")
+    # ... the operator listener has.
+    browser.get(consumer.operator_url + "/status")
     rows = browser.find_elements(By.CSS_SELECTOR, "#producers tbody tr")
     assert len(rows) == 1 and "healthy" in rows[0].text and "closed" in rows[0].text
+    assert browser.find_element(By.LINK_TEXT, "Status")

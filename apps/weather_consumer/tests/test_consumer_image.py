@@ -115,10 +115,15 @@ def test_consumer_container_discovers_producers_in_consul(image, lab):
             "Name": "weather-producer", "ID": f"weather-producer-{name}", "Address": ip,
             "Port": 8000}).raise_for_status()
     cons = lab.run("consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
+                   "-p", "127.0.0.1::9080",
                    "-e", "WEATHER_CONSUMER_CONSUL_HTTP_ADDR=http://consul:8500", image)
     url = f"http://127.0.0.1:{lab.host_port(cons, 8080)}"
+    ops = f"http://127.0.0.1:{lab.host_port(cons, 9080)}"
     assert _wait(f"{url}/ready").status_code == 200
-    status = requests.get(f"{url}/api/status", timeout=5).json()
+    # The operator status is on the second listener only.
+    assert requests.get(f"{url}/api/status", timeout=5).status_code == 404
+    assert requests.get(f"{url}/metrics", timeout=5).status_code == 404
+    status = requests.get(f"{ops}/api/status", timeout=5).json()
     assert sorted(p["id"] for p in status["producers"]) == ["weather-producer-p1",
                                                              "weather-producer-p2"]
     answered = {requests.get(f"{url}/api/weather", params={"zip": "10001"}, timeout=5)

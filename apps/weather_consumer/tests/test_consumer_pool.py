@@ -146,3 +146,63 @@ def test_without_panic_routing_no_passing_means_no_plan(clock):
     p.update([Instance("a", "10.0.0.1", 8000)])
     p.update([])
     assert p.plan() == []
+
+
+def test_consul_discovery_skips_only_the_bad_catalog_entries(pool):
+    """ConsulDiscovery._on_change: one bad entry skips only itself; all bad keeps the list."""
+    from types import SimpleNamespace
+
+    from weather_common.consul import ConsulClient, HealthWatcher
+    from weather_common.consul import Instance as ConsulInstance
+    from weather_consumer.discovery import ConsulDiscovery
+
+    watcher = HealthWatcher(ConsulClient("http://127.0.0.1:9"), "weather-producer")
+    disco = ConsulDiscovery(pool, watcher)
+    good = ConsulInstance(id="weather-producer-pi1", service="weather-producer",
+                          address="10.0.0.11", port=8000)
+    bad = [
+        ConsulInstance(id="weather-producer-pi2", service="s", address="10.0.0.12", port=0),
+        SimpleNamespace(id="weather-producer-pi3", address="10.0.0.13", port=70000),
+        SimpleNamespace(id="weather-producer-pi4", address="", port=8000),
+        SimpleNamespace(id="", address="10.0.0.15", port=8000),
+        SimpleNamespace(id="weather-producer-pi6", address="10.0.0.16/evil?x=", port=8000),
+        SimpleNamespace(id="weather-producer-pi7", address="10.0.0.17", port=True),
+        SimpleNamespace(id="weather-producer-pi8", address="10.0.0.18", port="80a"),
+        {"ID": "not an instance object"},
+        None,
+    ]
+    watcher.on_change(bad[:4] + [good] + bad[4:])
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    assert pool.healthy()[0].base_url == "http://10.0.0.11:8000"
+    assert disco.skipped == len(bad)
+    # Every entry bad: not "nothing passing" - the last known list stays.
+    watcher.on_change(bad)
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    # An unreadable list (not iterable) is ignored too.
+    watcher.on_change(42)
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    assert disco.status()["skipped_entries"] == 2 * len(bad)
+    # A real empty list still means "no instance passing" (panic routing decides then).
+    watcher.on_change([])
+    assert pool.healthy() == []
+
+
+def test_hedge_candidates_must_be_known_fast(pool, clock):
+    """pick(max_cost=...) only offers instances expected to answer within that time."""
+    picked = pool.pick()
+    assert picked is not None
+    inst, token = picked
+    clock.now += 1.2
+    pool.end(inst.id, token, failed=False)  # 1.2 s: slow
+    others = {i.id for i in pool.healthy()} - {inst.id}
+    for iid in others:
+        _i, t = pool.pick(exclude={inst.id} | (others - {iid}))
+        clock.now += 0.01
+        pool.end(iid, t, failed=False)
+    assert pool.pick(exclude=others, max_cost=0.25) is None  # only the slow one is left
+    got, _t = pool.pick(exclude={inst.id}, max_cost=0.25)
+    assert got.id in others
+    # The slow one is last in the order until its cost decays (time constant 5 s).
+    assert pool.plan()[-1].id == inst.id
+    clock.now += 30
+    assert inst.id in [i.id for i in pool.plan()[:2]]

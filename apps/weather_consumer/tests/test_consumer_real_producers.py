@@ -14,25 +14,25 @@ def api(client, zip_code="10001", **qs):
     return client.get("/api/weather", query_string={"zip": zip_code, **qs})
 
 
-def static_id(prod) -> str:
-    return prod.url.removeprefix("http://")
 
 
-def test_round_robin_over_three_real_producers(run_producer, make_app):
+def test_three_real_producers_share_the_traffic(run_producer, make_app):
     producers = [run_producer() for _ in range(3)]
     client = make_app([p.url for p in producers]).test_client()
     bodies = [api(client, f"1000{i % 5}").get_json() for i in range(30)]
-    by_producer = {static_id(p): 0 for p in producers}
+    by_producer = {p.instance: 0 for p in producers}
     contract = {"zip", "country", "city", "description", "temperature_c", "observed_at",
                 "instance", "stale", "age_seconds", "message", "source", "producer"}
     for b in bodies:
         assert contract <= set(b)
         assert b["stale"] is False and b["source"] == "producer" and b["message"] is None
-        by_producer[b["producer"]] += 1
-    assert by_producer == {static_id(p): 10 for p in producers}
+        by_producer[b["instance"]] += 1
+    # Equally fast instances take turns; one slowed by a cold OWM lookup gets a bit less.
+    assert sum(by_producer.values()) == 30 and min(by_producer.values()) >= 5, by_producer
     # The producer's own instance name is passed through too.
+    # Users see "producer-<n>" (the position in PRODUCER_URLS), never an address.
     instances = {b["producer"]: b["instance"] for b in bodies}
-    assert instances == {static_id(p): p.instance for p in producers}
+    assert instances == {f"producer-{n}": p.instance for n, p in enumerate(producers, 1)}
     page = client.get("/weather?zip=10001").get_data(as_text=True)
     assert "City 10001" in page
 
@@ -128,6 +128,7 @@ def test_consumer_under_gunicorn_logs_one_json_line_per_request(tmp_path, run_pr
     port = free_port_fn()
     conf = Path(__file__).resolve().parents[1] / "weather_consumer" / "gunicorn.conf.py"
     env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_THREADS": "4",
+           "GUNICORN_OPERATOR_BIND": f"127.0.0.1:{free_port_fn()}",
            "WEATHER_CONSUMER_PRODUCER_URLS": prod.url}
     log = tmp_path / "consumer.log"
     with open(log, "wb") as out:

@@ -60,7 +60,7 @@ def test_owm_hanging_consumer_gets_the_producers_stale_answer(fake_owm, run_prod
         assert b["source"] == "producer", b  # not the consumer's own cache
         assert b["stale"] is True
         assert b["message"] == PRODUCER_STALE_MESSAGE
-    assert {b["producer"] for b in bodies} == {p.url.removeprefix("http://") for p in producers}
+    assert {b["instance"] for b in bodies} == {p.instance for p in producers}
     # No producer was ejected and no try counted as a failure.
     assert set(pool.breaker_states().values()) == {"closed"}
     for p in producers:

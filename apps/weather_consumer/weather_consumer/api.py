@@ -21,7 +21,9 @@ def status_body() -> dict:
     """Operator status: instance addresses and the places users looked up (never public)."""
     rt = current_app.extensions["weather_consumer"]
     load = rt.pool.load_snapshot()
-    producers = [{**row, **load.get(row["id"], {"latency_ms": 0.0, "in_flight": 0})}
+    names = {i.id: i.public_name for i in rt.pool.known()}
+    producers = [{**row, "name": names.get(row["id"], row["id"]),
+                  **load.get(row["id"], {"latency_ms": 0.0, "in_flight": 0})}
                  for row in rt.pool.snapshot()]
     return {
         "producers": producers,

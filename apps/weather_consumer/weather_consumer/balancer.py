@@ -334,12 +334,12 @@ class Balancer:
         def launch(max_cost: float | None = None) -> bool:
             if request_deadline.remaining() <= 0.01:
                 return False
-            instance = self.pool.pick(tried, max_cost)
-            if instance is None:
+            picked = self.pool.pick(tried, max_cost)
+            if picked is None:
                 return False
+            instance, token = picked
             tried.add(instance.id)
             per_try = request_deadline.within(self.per_try_timeout)
-            token = self.pool.begin(instance.id)
             try:
                 threading.Thread(target=self._run, name=f"producer-call-{instance.id}",
                                  args=(instance, params, per_try, token, results),

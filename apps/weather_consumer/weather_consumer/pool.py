@@ -16,7 +16,8 @@ of its call latencies (a slower call raises it at once; faster calls pull it dow
 time constant ``decay``; with no calls it decays towards 0, so an idle slow instance
 gets an occasional trial), raised to the age of its oldest call still in flight (a call
 that has been running 0.8 s proves the instance is slow before it answers), times
-(calls in flight + 1). The instances whose score is within ``tolerance`` of the best
+(calls in flight + 1); an instance whose first call is still running counts as 0.5 s
+(its speed is unknown: one call at a time until it shows it). The instances whose score is within ``tolerance`` of the best
 one are "as good as the best"; among those, the least recently picked goes first: equal
 instances take turns (round robin), a slow one gets no traffic until its cost decays.
 An instance whose last call failed is never "better than the best" (a refused
@@ -37,6 +38,8 @@ from urllib.parse import urlsplit
 STATE_CLOSED = "closed"
 STATE_OPEN = "open"
 STATE_HALF_OPEN = "half_open"
+#: expected latency (s) of an instance with a call in flight and none finished yet
+UNKNOWN_BUSY_COST = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class Instance:
     address: str
     port: int
     scheme: str = "http"
+    #: the name users see (page, /api/weather "producer"): never an address. Consul
+    #: instances: their service ID; static ones: "producer-<n>" (position in the list).
+    label: str = ""
+
+    @property
+    def public_name(self) -> str:
+        return self.label or self.id
 
     @property
     def base_url(self) -> str:
@@ -54,29 +64,34 @@ class Instance:
         return f"{self.scheme}://{host}:{self.port}"
 
     @classmethod
-    def from_url(cls, url: str) -> "Instance":
+    def from_url(cls, url: str, label: str = "") -> "Instance":
         """An instance from a static URL such as ``http://127.0.0.1:8000``."""
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(id=f"{parts.hostname}:{port}", address=parts.hostname, port=port,
-                   scheme=parts.scheme)
+                   scheme=parts.scheme, label=label)
 
 
 def parse_producer_urls(value) -> list[Instance]:
-    """Accept a list of URLs or one comma/space separated string (from the environment)."""
+    """Accept a list of URLs or one comma/space separated string (from the environment).
+
+    The id (breakers, metrics, operator status) is ``host:port``; the public label is
+    ``producer-<n>``, n counting from 1 in the order given.
+    """
     if not value:
         return []
     if isinstance(value, str):
         value = value.replace(",", " ").split()
-    return [Instance.from_url(u) for u in value if str(u).strip()]
+    urls = [u for u in value if str(u).strip()]
+    return [Instance.from_url(u, label=f"producer-{n}") for n, u in enumerate(urls, 1)]
 
 
 class _Load:
     """Latency bookkeeping of one instance (guarded by the pool's lock)."""
 
-    __slots__ = ("cost", "stamp", "pending", "last_pick", "failing")
+    __slots__ = ("cost", "stamp", "pending", "last_pick", "failing", "observed")
 
     def __init__(self, now: float) -> None:
         self.cost = 0.0  # peak-EWMA of call latency, seconds
@@ -84,6 +99,7 @@ class _Load:
         self.pending: dict[int, float] = {}  # call token -> start time
         self.last_pick = -1  # pick sequence number (LRU among equals)
         self.failing = False  # the last finished call was a failure
+        self.observed = False  # a call has finished (its latency is known)
 
 
 class InstancePool:
@@ -170,6 +186,10 @@ class InstancePool:
         cost = load.cost * math.exp(-max(0.0, now - load.stamp) / self._decay)
         if load.pending:
             cost = max(cost, now - min(load.pending.values()))
+            if not load.observed:
+                # Unknown latency and already busy (Finagle's "penalty"): no second call
+                # until the first one shows how fast it is, unless everyone is like that.
+                cost = max(cost, UNKNOWN_BUSY_COST)
         return cost
 
     def _score_locked(self, iid: str, now: float) -> float:
@@ -234,8 +254,10 @@ class InstancePool:
             return order
 
     def pick(self, exclude: set[str] | frozenset = frozenset(),
-             max_cost: float | None = None) -> Instance | None:
-        """The best routable instance not in ``exclude`` (marked picked), or None.
+             max_cost: float | None = None) -> tuple[Instance, int] | None:
+        """The best routable instance not in ``exclude`` and the token of the call to it
+        (already counted in flight, in the same locked step, so concurrent picks see it;
+        finish it with :meth:`end`), or None.
 
         ``max_cost``: only instances whose expected latency is at most that (hedges go
         only to instances known to be fast: when every instance is slow, a hedge would
@@ -245,8 +267,13 @@ class InstancePool:
             order = self._order_locked(exclude, max_cost)
             if not order:
                 return None
-            self._mark_picked_locked(order[0].id)
-            return order[0]
+            inst = order[0]
+            self._mark_picked_locked(inst.id)
+            token = next(self._tokens)
+            load = self._load.get(inst.id)
+            if load is not None:
+                load.pending[token] = self._clock()
+            return inst, token
 
     def _mark_picked_locked(self, iid: str) -> None:
         load = self._load.get(iid)
@@ -285,6 +312,7 @@ class InstancePool:
                 load.cost = load.cost * w + sample * (1 - w)
             load.stamp = now
             load.failing = failed
+            load.observed = True
             return rtt
 
     def load_snapshot(self) -> dict[str, dict]:

@@ -57,11 +57,11 @@ class WeatherService:
     def _from_answer(self, zip_code: str, country: str, ans: Answer) -> Result:
         body = dict(ans.body)  # validated fields only (balancer.validate_weather_body)
         body.update({"zip": zip_code, "country": country, "source": "producer",
-                     "producer": ans.instance.id})
+                     "producer": ans.instance.public_name})
         # Fresh or the producer's stale copy: both become our last good, back-dated by
         # their age (a stale copy never replaces a newer entry).
         try:
-            self.cache.put(zip_code, country, ans.body, ans.instance.id)
+            self.cache.put(zip_code, country, ans.body, ans.instance.public_name)
         except Exception:
             log.exception("could not save the answer")
         if body["stale"]:
@@ -75,7 +75,7 @@ class WeatherService:
         body.setdefault("error", "unknown zip" if ans.status == 404
                         else f"producer answered HTTP {ans.status}")
         body.update({"zip": zip_code, "country": country, "source": "producer",
-                     "producer": ans.instance.id})
+                     "producer": ans.instance.public_name})
         return Result(ans.status, body, "not_found" if ans.status == 404 else "bad_request")
 
     def _saved(self, zip_code: str, country: str):
@@ -115,7 +115,7 @@ class WeatherService:
             "zip": zip_code,
             "country": country,
             "source": "producer",
-            "producer": ans.instance.id,
+            "producer": ans.instance.public_name,
         }, "no_data")
 
     def _fallback(self, zip_code: str, country: str, why: Unavailable) -> Result:
