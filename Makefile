@@ -80,7 +80,7 @@ test-apps: host apps-venv ## The apps' tests: unit, integration (real Consul), b
 test-apps-fast: host apps-venv ## The apps' tests without the slow image builds
 	@cd apps && pytest -p no:cacheprovider -m "not slow"
 
-bench: host apps-venv images ## The benchmark table (bench/run.py -> docs/benchmarks.md; about 3 minutes)
+bench: host apps-venv images ## The benchmark table (bench/run.py -> docs/benchmarks.md; about 6 minutes)
 	@$(PY) -m pip install -q -e 'apps/weather_common[bench]'
 	@$(PY) bench/run.py
 

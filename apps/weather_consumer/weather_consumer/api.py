@@ -29,6 +29,13 @@ def status_body() -> dict:
         "producers": producers,
         "cache": rt.cache.snapshot(),
         "discovery": rt.discovery_status(),
+        # What the balancer works with, so operators (and the cluster tests) read the
+        # deadline instead of restating it.
+        "settings": {
+            "request_deadline": rt.balancer.deadline,
+            "per_try_timeout": rt.balancer.per_try_timeout,
+            "hedge_delay": rt.balancer.hedge_delay if rt.balancer.hedge_delay > 0 else None,
+        },
     }
 
 
