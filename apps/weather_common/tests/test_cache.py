@@ -206,40 +206,13 @@ def test_memory_last_good_store_bounded_under_threads():
 # --------------------------------------------- Consul off the hot path (issue 11)
 import logging
 import math
-import socket
 
 import requests
+from rawservers import Blackhole, refused_port
 
 from weather_common.breaker import CircuitBreaker
 from weather_common.consul import ConsulError
 from weather_common.deadline import Deadline
-
-
-class Blackhole:
-    """A TCP server on loopback that accepts and never answers (a hung Consul)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self.conns.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
 
 
 @pytest.fixture
@@ -372,10 +345,7 @@ def test_consul_store_does_not_write_nan(consul_factory):
 
 
 def test_consul_store_outage_does_not_flood_the_logs(caplog):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    refused = f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()  # nothing listens: every write is refused at once
+    refused = f"http://127.0.0.1:{refused_port()}"  # nothing listens: every write is refused at once
     store = ConsulLastGoodStore(ConsulClient(refused), prefix="p")
     with caplog.at_level(logging.WARNING, logger="weather_common.cache"):
         for i in range(200):

@@ -154,58 +154,28 @@ def test_health_watcher_follows_changes_and_keeps_list_when_consul_down(consul_f
 
 # ------------------------------------------------- deadlines, CAS, bad entries (issue 11)
 import json
-import socket
 
 from flask import Flask, Response
+from rawservers import DripServer
 
 from weather_common.consul import ConsulBadValue, Instance
 from weather_common.deadline import Deadline
 
 
-class _Stall:
+#: What the dripping "Consul" sends before its body bytes (one every 0.8 s).
+_DRIP_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+              b"X-Consul-Index: 7\r\n\r\n")
+
+
+def _stall(drip: bool) -> DripServer:
     """Loopback server that sends an HTTP status line and headers, then one body byte
     every 0.8 s (``drip=True``), or nothing at all."""
-
-    def __init__(self, drip: bool) -> None:
-        self.drip = drip
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            conn.recv(65536)
-            if not self.drip:
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-                         b"X-Consul-Index: 7\r\n\r\n")
-            for _ in range(100):
-                time.sleep(0.8)
-                conn.sendall(b" ")
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
+    return DripServer(_DRIP_HEAD if drip else None)
 
 
 @pytest.mark.parametrize("drip", [True, False])
 def test_every_call_ends_by_its_deadline(drip):
-    srv = _Stall(drip)
+    srv = _stall(drip)
     try:
         c = ConsulClient(srv.url, read_timeout=0.6)
         for call in (lambda: c.leader(), lambda: c.kv_get("a"), lambda: c.agent_services(),
@@ -221,7 +191,7 @@ def test_every_call_ends_by_its_deadline(drip):
 
 
 def test_blocking_query_deadline_is_wait_plus_jitter_plus_margin():
-    srv = _Stall(drip=True)
+    srv = _stall(drip=True)
     try:
         c = ConsulClient(srv.url, blocking_margin=0.2)
         assert c.blocking_deadline("1s") == pytest.approx(1 + 1 / 16 + 0.2)

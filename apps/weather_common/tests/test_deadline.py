@@ -1,7 +1,7 @@
 """weather_common.deadline against REAL misbehaving servers on loopback.
 
-Each server is a raw socket server in a thread (no HTTP library on the server side, so it
-can drip, stall, lie about lengths or speak garbage). Every failure test measures the
+Each server is a raw socket server in a thread (testkit/rawservers.py: no HTTP library on
+the server side, so it can drip, stall, lie about lengths or speak garbage). Every failure test measures the
 call's elapsed time against its deadline and checks that the server saw the connection
 closed, i.e. the client really let go.
 """
@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from rawservers import RawServer, refused_port
 
 from weather_common.deadline import (
     Deadline,
@@ -36,90 +37,6 @@ SECRET = "appid-SECRET-3f9a"
 # ----------------------------------------------------------------- raw test servers
 
 
-class RawServer:
-    """Accepts connections on 127.0.0.1 and runs ``handler(conn, srv)`` for each in a
-    thread. ``requests`` holds the raw request heads; ``closed_at`` the monotonic times
-    at which a handler saw the client close (``wait_closed``)."""
-
-    def __init__(self, handler, tls_context: ssl.SSLContext | None = None) -> None:
-        self.handler = handler
-        self.tls_context = tls_context
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[bytes] = []
-        self.closed_at: list[float] = []
-        self.connections = 0
-        self.closed_event = threading.Event()
-        self._stop = False
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self._conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        try:
-            if self.tls_context is not None:
-                conn.settimeout(5)
-                conn = self.tls_context.wrap_socket(conn, server_side=True)
-            self.handler(conn, self)
-        except OSError:
-            pass
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
-
-    # helpers for handlers
-    def read_request(self, conn: socket.socket, timeout: float = 5.0) -> bytes:
-        conn.settimeout(timeout)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        self.requests.append(data)
-        return data
-
-    def wait_closed(self, conn: socket.socket, timeout: float) -> bool:
-        """True (and recorded) if the peer closes within ``timeout``."""
-        conn.settimeout(timeout)
-        try:
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-        except socket.timeout:
-            return False
-        except OSError:
-            pass
-        self.closed_at.append(time.monotonic())
-        self.closed_event.set()
-        return True
-
-    def stop(self) -> None:
-        self._stop = True
-        self.sock.close()
-        for c in self._conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-
 @pytest.fixture
 def raw_server():
     servers: list[RawServer] = []
@@ -131,7 +48,7 @@ def raw_server():
 
     yield start
     for s in servers:
-        s.stop()
+        s.close()
 
 
 def _respond(conn, status="200 OK", headers=(), body=b""):
@@ -421,10 +338,7 @@ def test_injected_resolver_is_used_and_its_errors_are_connect_errors(raw_server)
 
 
 def test_refused_port_is_a_connect_error():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # bound, never listened: nothing accepts on it now
+    port = refused_port()  # bound, never listened: nothing accepts on it now
     res, exc, elapsed = timed(HttpClient().get, f"http://127.0.0.1:{port}/?appid={SECRET}", deadline=2)
     assert isinstance(exc, HttpConnectError) and exc.kind == "connect" and exc.phase == "connect"
     assert elapsed < 0.5
