@@ -80,24 +80,21 @@ def node_diagnosis(node: str) -> str:
     return "\n".join(parts)
 
 
-# Runs inside the manager with the node's own python3 (no curl there).
-_CONSUL_GET = r"""
-import sys, urllib.request
-req = urllib.request.Request("http://127.0.0.1:8500" + sys.argv[1], headers={"X-Consul-Token": sys.argv[2]})
-sys.stdout.write(urllib.request.urlopen(req, timeout=15).read().decode())
-"""
-
-
 def inventory_vars(node: str = "manager") -> dict:
     """A node's variables from the scenario's inventory (the test secrets live there)."""
     host = testinfra.get_host(f"ansible://{node}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
     return host.ansible.get_variables()
 
 
+def consul_get(manager: str, path: str, token: str):
+    """A Consul API GET on the manager's loopback (where its API listens), with a token."""
+    return loopback_json(manager, 8500, path, headers={"X-Consul-Token": token})
+
+
 def consul_producers(manager: str, token: str) -> dict[str, list[str]]:
     """Every producer instance registered in Consul, passing or not: {service ID: statuses}."""
-    out = on_node(manager, "python3", "-c", _CONSUL_GET, f"/v1/health/service/{PRODUCER_APP}", token)
-    return {entry["Service"]["ID"]: [c["Status"] for c in entry["Checks"]] for entry in json.loads(out)}
+    entries = consul_get(manager, f"/v1/health/service/{PRODUCER_APP}", token)
+    return {entry["Service"]["ID"]: [c["Status"] for c in entry["Checks"]] for entry in entries}
 
 
 def extra_inventory(workers: list[str] = (), retired: list[str] = ()) -> str:
@@ -137,18 +134,20 @@ class Answer:
 # Runs inside the manager with the node's own python3: an HTTP call to one of the
 # manager's loopback ports (the consumer's operator listener, the fake OWM's control API).
 _LOOPBACK_CALL = r"""
-import sys, urllib.request
-method, url, data = sys.argv[1], sys.argv[2], sys.argv[3].encode() or None
-req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+import json, sys, urllib.request
+method, url, data, headers = sys.argv[1], sys.argv[2], sys.argv[3].encode() or None, json.loads(sys.argv[4])
+req = urllib.request.Request(url, data=data, method=method,
+                             headers={"Content-Type": "application/json", **headers})
 sys.stdout.write(urllib.request.urlopen(req, timeout=15).read().decode())
 """
 
 
-def loopback_json(node: str, port: int, path: str, method: str = "GET", payload: dict | None = None) -> dict:
+def loopback_json(node: str, port: int, path: str, method: str = "GET", payload: dict | None = None,
+                  headers: dict | None = None):
     """JSON from a port published on a node's loopback only (reached as an operator would,
-    from a shell on that node)."""
+    from a shell on that node; the node has python3 but no curl)."""
     out = on_node(node, "python3", "-c", _LOOPBACK_CALL, method, f"http://127.0.0.1:{port}{path}",
-                  json.dumps(payload) if payload is not None else "")
+                  json.dumps(payload) if payload is not None else "", json.dumps(headers or {}))
     return json.loads(out)
 
 

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import pytest
 
 from cluster import (
-    FAKE_OWM, BreakerWatch, Consumer, FakeOwm, HostFirewall, Load, burst, node_ip, on_node,
-    percentile, producers_on, record, wait_for,
+    FAKE_OWM, BreakerWatch, Consumer, FakeOwm, HostFirewall, Load, burst, consul_get, inventory_vars,
+    node_ip, on_node, percentile, producers_on, record, wait_for,
 )
 from netdelay import PacketDelay
 
@@ -212,6 +212,10 @@ def test_owm_quota_spent_for_a_minute_serves_stale_and_backs_off(consumer, owm):
     assert new and all(plain_503(a) or stale_with_age(a) for a in new), [a.body for a in new][:3]
     # Breakers back off: far fewer calls than requests, and within the key's budget.
     assert calls <= 60, calls
+    # That budget is the key's, shared through Consul KV (not a per-producer fallback):
+    # the producers' call window is there, under the apps' prefix.
+    token = inventory_vars(MANAGER)["consul_kv_app_tokens"]["consumer"]
+    assert consul_get(MANAGER, "/v1/kv/weather/quota/?keys", token), "no shared OWM call window in KV"
 
 
 def test_a_pi_cut_off_by_the_network_fails_no_request(consumer, deadline):
