@@ -19,6 +19,7 @@ from weather_common.deadline import Deadline
 from weather_common.observability import init_app
 from weather_common.validation import ValidationError, validate_location, validate_weather
 
+from .lease import LeaseTable
 from .netaddr import detect_address
 from .owm import ApiKeyFile, OwmClient
 from .quota import RateLimiter, SharedRateLimiter
@@ -59,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
     "CONSUL_DEREGISTER_AFTER": "1m",
     "CONSUL_MAX_BACKOFF": 10.0,
     "CACHE_KV_PREFIX": "weather/cache",
+    # cross-producer single flight for OWM calls (Consul only; README "Quota protection")
+    "OWM_LEASE": True,
+    "OWM_LEASE_KV_PREFIX": None,      # default: <CACHE_KV_PREFIX>-inflight
+    "OWM_LEASE_BUDGET": 0.2,          # seconds one lease check may spend on Consul
+    "OWM_LEASE_POLL": 0.05,           # seconds between a waiting producer's KV polls
     "ADVERTISE_ADDRESS": None,        # default: detected (see ADVERTISE_INTERFACE / _CIDR)
     "ADVERTISE_INTERFACE": None,      # e.g. "eth1"
     "ADVERTISE_CIDR": None,           # e.g. the overlay subnet "10.0.9.0/24"
@@ -80,7 +86,9 @@ class Producer:
     def close(self) -> None:
         if self.registration is not None:
             self.registration.stop()
-        for part in (self.service.limiter, self.service.store, self.service.owm):
+        for part in (self.service.leases, self.service.limiter, self.service.store, self.service.owm):
+            if part is None:
+                continue
             close = getattr(part, "close", None)
             if close is not None:
                 try:
@@ -150,6 +158,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.watch_breaker(breaker)
 
     consul: ConsulClient | None = None
+    leases: LeaseTable | None = None
     registration: ServiceRegistration | None = None
     if cfg["CONSUL_HTTP_ADDR"]:
         consul = ConsulClient(str(cfg["CONSUL_HTTP_ADDR"]), token_file=cfg["CONSUL_TOKEN_FILE"])
@@ -162,6 +171,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             expected_producers=int(cfg["OWM_QUOTA_PRODUCERS"]),
         )
         metrics.watch_breaker(limiter.breaker)
+        if cfg["OWM_LEASE"]:
+            lease_prefix = cfg["OWM_LEASE_KV_PREFIX"] or f"{str(cfg['CACHE_KV_PREFIX']).rstrip('/')}-inflight"
+            leases = LeaseTable(consul, str(lease_prefix), instance, budget=float(cfg["OWM_LEASE_BUDGET"]),
+                                max_hold=float(cfg["OWM_DEADLINE"]) + 1.0,
+                                result_grace=min(2.0, float(cfg["CACHE_TTL"]) / 2))
+            metrics.watch_breaker(leases.breaker)
         if cfg["CONSUL_REGISTER"]:
             address = detect_address(cfg["ADVERTISE_ADDRESS"], cfg["ADVERTISE_INTERFACE"], cfg["ADVERTISE_CIDR"])
             registration = ServiceRegistration(
@@ -189,6 +204,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         instance=instance,
         deadline=float(cfg["PRODUCER_DEADLINE"]),
         owm_deadline=float(cfg["OWM_DEADLINE"]),
+        leases=leases,
+        lease_poll=float(cfg["OWM_LEASE_POLL"]),
     )
     app.extensions[EXTENSION] = Producer(service, key, consul, registration)
 

@@ -23,11 +23,12 @@ from weather_common.observability import Metrics
 from weather_common.validation import validate_weather
 
 from .owm import OwmAuthError, OwmClient, OwmError, OwmOutage, OwmQuota, OwmTimeout, UnknownZip
+from .lease import BUSY, FAILED, NOT_FOUND as LEASE_NOT_FOUND, SKIPPED, TAKEN, Lease, LeaseTable
 from .quota import RateLimiter, SharedRateLimiter
 
 __all__ = [
     "QuotaExceeded", "BudgetSpent", "RateLimiter", "WeatherService", "STALE_MESSAGE", "NOT_FOUND",
-    "REASONS", "ANSWER_HEADER", "answer_header", "owm_failure",
+    "REASONS", "ANSWER_HEADER", "answer_header", "owm_failure", "PeerFailed", "LeaseWaitTimeout",
 ]
 
 log = logging.getLogger("weather_producer")
@@ -41,6 +42,11 @@ REASONS = ("owm_outage", "owm_quota", "owm_config", "owm_slow", "breaker_open", 
 NOT_FOUND = {"_not_found": True}
 #: an OWM call is not started with less budget than this (it could only time out)
 MIN_OWM_BUDGET = 0.05
+#: a lease is held this much past the end of the holder's OWM budget (its KV write)
+LEASE_SLACK = 0.25
+#: a follower stops waiting for another producer's answer this long before its deadline
+#: (time for the stale fallback read)
+LEASE_WAIT_MARGIN = 0.15
 
 
 class QuotaExceeded(OwmError):
@@ -53,6 +59,26 @@ class BudgetSpent(OwmError):
     """The request's deadline left no time to ask OWM (or to wait for another lookup)."""
 
     reason = "owm_slow"
+
+
+class LeaseWaitTimeout(BudgetSpent):
+    """Another producer holds the OWM call lease and its answer did not come in time."""
+
+
+class PeerFailed(OwmError):
+    """Another producer's OWM call for this location (which we waited for) failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"OpenWeatherMap call failed ({reason}, another producer)")
+        self.reason = reason if reason in REASONS else "owm_outage"
+
+
+def lease_outcome(exc: BaseException) -> str:
+    """What a failed lease holder tells its followers: a reason code they may answer
+    with, or "abandoned" (our own refusal: others may still try)."""
+    if isinstance(exc, (BudgetSpent, CircuitOpenError)):
+        return "abandoned"
+    return _reason(exc)
 
 
 def owm_failure(exc_type: type, exc: BaseException) -> bool:
@@ -77,6 +103,18 @@ def _reason(exc: BaseException) -> str:
         return "owm_slow"
     reason = getattr(exc, "reason", None) if isinstance(exc, OwmError) else None
     return reason if reason in REASONS else "owm_outage"
+
+
+def _lease_counter(metrics: Metrics) -> Any:
+    """``weather_owm_lease_total{outcome}`` on the metrics object's registry (one per registry)."""
+    from prometheus_client import Counter
+
+    cached = getattr(metrics, "_owm_lease", None)
+    if cached is None:
+        cached = Counter("owm_lease_total", "Cross-producer OWM call leases by outcome", ["outcome"],
+                         namespace="weather", registry=metrics.registry)
+        metrics._owm_lease = cached  # type: ignore[attr-defined]
+    return cached
 
 
 #: metric label of a fallback, by reason code (labels kept from before the reason codes)
@@ -109,6 +147,8 @@ class WeatherService:
         instance: str,
         deadline: float = 1.8,
         owm_deadline: float = 1.5,
+        leases: LeaseTable | None = None,
+        lease_poll: float = 0.05,
     ) -> None:
         self.owm = owm
         self.breaker = breaker
@@ -121,6 +161,10 @@ class WeatherService:
         self.owm_deadline = float(owm_deadline)
         # with Consul, keep a moment for the stale read from KV after a failed OWM call
         self.fallback_reserve = 0.1 if getattr(store, "backend", "memory") == "consul" else 0.0
+        # cross-producer single flight (Consul only): see lease.py and _single_flight
+        self.leases = leases if getattr(store, "backend", "memory") == "consul" else None
+        self.lease_poll = float(lease_poll)
+        self.lease_metric = _lease_counter(metrics)
         self.config_error: str | None = None  # set on OWM 401 / missing key; cleared on success
         self._config_lock = threading.Lock()
 
@@ -164,11 +208,27 @@ class WeatherService:
 
     def _load(self, zip_code: str, country: str, deadline: Deadline) -> Entry[dict[str, Any]]:
         """A fresh answer (or the NOT_FOUND marker): from the shared store when another
-        producer just fetched it, else one real OWM call (quota guard, breaker)."""
+        producer just fetched it, else one real OWM call (lease, quota guard, breaker)."""
         key = location_key(country, zip_code)
         shared = self._shared_fresh(key, deadline)
         if shared is not None:
             return shared
+        self._precheck(deadline)
+        lease = self._single_flight(key, deadline)
+        if isinstance(lease, Entry):
+            return lease
+        try:
+            entry = self._call_owm(zip_code, country, key, deadline)
+        except BaseException as exc:
+            if lease is not None:
+                self.leases.release(lease, lease_outcome(exc))
+            raise
+        if lease is not None:
+            self.leases.release(lease, "not_found" if entry.value is NOT_FOUND else "ok")
+        return entry
+
+    def _precheck(self, deadline: Deadline) -> None:
+        """Refuse before any quota or Consul round trip: no key, open breaker, no time."""
         if not self.owm.key.get():
             raise OwmAuthError(self.owm.key.error or "no OWM API key configured")
         remaining = self.breaker.open_remaining
@@ -176,6 +236,76 @@ class WeatherService:
             self.metrics.upstream.labels(upstream="owm", outcome="breaker_open").inc()
             raise CircuitOpenError(self.breaker, "open", remaining)
         if self._owm_budget(deadline) < MIN_OWM_BUDGET:
+            self.metrics.upstream.labels(upstream="owm", outcome="no_budget").inc()
+            raise BudgetSpent("no time left to ask OpenWeatherMap")
+
+    # ------------------------------------------------------- cross-producer flight
+    def _lease_hold(self, deadline: Deadline) -> float:
+        return max(0.0, self._owm_budget(deadline)) + LEASE_SLACK
+
+    def _single_flight(self, key: str, deadline: Deadline) -> Lease | Entry[dict[str, Any]] | None:
+        """Take the location's OWM call lease (a Lease: call OWM, then release it), or
+        wait for the producer holding it (an Entry: its answer), or None (no lease:
+        memory store, or Consul failed; call OWM as without leases). Raises the
+        fallback's exception when the holder failed or its answer did not come in time."""
+        if self.leases is None:
+            return None
+        result, detail = self.leases.acquire(key, self._lease_hold(deadline), deadline)
+        if result == TAKEN:
+            self.lease_metric.labels(outcome="taken").inc()
+            return detail
+        if result == SKIPPED:
+            self.lease_metric.labels(outcome="skipped_consul").inc()
+            return None
+        if result == LEASE_NOT_FOUND:
+            self.lease_metric.labels(outcome="waited_served").inc()
+            return Entry(NOT_FOUND, detail)
+        return self._follow(key, deadline)
+
+    def _follow(self, key: str, deadline: Deadline) -> Lease | Entry[dict[str, Any]] | None:
+        """Another producer holds the lease: poll the shared KV copy (and the lease)
+        every ``lease_poll`` s until the answer is there, the lease frees up (expired
+        or abandoned: take it over), the holder reports a failure, or our budget
+        (minus LEASE_WAIT_MARGIN for the fallback) is spent."""
+        since = time.time() - 0.05
+        while True:
+            left = deadline.remaining() - LEASE_WAIT_MARGIN
+            if left <= 0:
+                break
+            time.sleep(min(self.lease_poll, left))
+            left = deadline.remaining() - LEASE_WAIT_MARGIN
+            if left <= 0:
+                break
+            shared = self._shared_fresh(key, Deadline(left))
+            if shared is not None:
+                self.lease_metric.labels(outcome="waited_served").inc()
+                return shared
+            left = deadline.remaining() - LEASE_WAIT_MARGIN
+            if left <= 0:
+                break
+            result, detail = self.leases.acquire(key, self._lease_hold(deadline), Deadline(left), since=since)
+            if result == BUSY:
+                continue
+            if result == TAKEN:  # the holder died or gave up: we call OWM ourselves
+                self.lease_metric.labels(outcome="taken_over").inc()
+                return detail
+            if result == SKIPPED:
+                if deadline.remaining() - LEASE_WAIT_MARGIN <= 0:
+                    break  # the lease read only failed for lack of time
+                self.lease_metric.labels(outcome="skipped_consul").inc()
+                return None
+            if result == LEASE_NOT_FOUND:
+                self.lease_metric.labels(outcome="waited_served").inc()
+                return Entry(NOT_FOUND, detail)
+            if result == FAILED:
+                self.lease_metric.labels(outcome="waited_fallback").inc()
+                raise PeerFailed(detail)
+        self.lease_metric.labels(outcome="waited_fallback").inc()
+        raise LeaseWaitTimeout("OpenWeatherMap answer (asked by another producer) did not come in time")
+
+    def _call_owm(self, zip_code: str, country: str, key: str, deadline: Deadline) -> Entry[dict[str, Any]]:
+        """One real OWM call: quota slot, breaker, validation, last-good copy."""
+        if self._owm_budget(deadline) < MIN_OWM_BUDGET:  # a follower that took over late
             self.metrics.upstream.labels(upstream="owm", outcome="no_budget").inc()
             raise BudgetSpent("no time left to ask OpenWeatherMap")
         slot = self.limiter.try_acquire(deadline)
