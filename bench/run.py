@@ -481,7 +481,9 @@ def bench_owm_calls(lab: Lab, tmp: Path) -> dict[str, Any]:
     lab.owm_mode("ok")
     prefix = uuid.uuid4().hex[:6]
     names = [f"owm-{prefix}-{i}" for i in range(3)]
-    urls = [lab.producer(n, consul=True) for n in names]
+    # A call window of its own: the failover benchmark's producers called OWM with the same
+    # key less than a minute ago, and a shared window would (rightly) count those calls.
+    urls = [lab.producer(n, consul=True, OWM_QUOTA_KV_PREFIX=f"bench/{prefix}/quota") for n in names]
     consumer = lab.consumer("owm", urls)
     lab.owm_reset()
     busiest = 0
@@ -828,7 +830,8 @@ METHODS = """
   (no retry, no breaker, no discovery), which is what a Docker DNS alias gives.
 * **OWM calls per key**: the fake OWM counts the calls; 200 client threads (separate
   process) over 50 zips for 75 s through one consumer in front of 3 producers that share
-  one key (Consul KV: the shared cache and the key's call window). The default `CACHE_TTL`
+  one key (Consul KV: the shared cache, the in-flight leases and the key's call window, a
+  window of their own so that earlier benchmarks' calls do not count). The default `CACHE_TTL`
   is 60 s, so the run holds the cold start and the first refresh of every zip; the fake's
   `last_60s` count is sampled every second and the largest is the busiest sliding minute.
 * **One producer slowed by 1.5 s**: 3 producers with warm fresh caches behind one consumer
