@@ -101,6 +101,8 @@ class WeatherService:
     def _no_data(self, zip_code: str, country: str, ans: Answer) -> Result:
         """A producer answered "no data for this place right now" (not a failure)."""
         reason, detail = ans.body["reason"], ans.body["error"]
+        # The producer's text says what is missing; ours already says "unavailable".
+        shown = detail.removeprefix("weather data unavailable: ").rstrip(".")
         hit = self._saved(zip_code, country)
         if hit is not None:
             body = self._stale_body(hit, NO_DATA_STALE_MESSAGE)
@@ -108,7 +110,7 @@ class WeatherService:
                          "detail": detail})
             return Result(200, body, "consumer_cache")
         return Result(503, {
-            "error": f"Weather is unavailable right now: {detail.rstrip('.')}, "
+            "error": f"Weather is unavailable right now: {shown}, "
                      "and there is no saved answer for this place yet. Please try again shortly.",
             "reason": reason,
             "detail": detail,
