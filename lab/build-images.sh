@@ -15,9 +15,13 @@
 #                                                for the scenarios after docker_engine
 #   seed:   what lab/mirror.sh serves to the nodes under Docker Hub names:
 #           weather-lab/consul:1.8.7-ARCH        Debian 11's consul 1.8.7 (lab/images/consul/)
-#           weather-lab/registry:2.8.3-ARCH      Debian 13's docker-registry (lab/images/registry/)
 #           weather-lab/busybox:1.37.0-ARCH      Debian 13's busybox-static
-#           weather-lab/python-base:3.13-trixie-ARCH  the rootfs (it has python3.13): the apps' build stage
+#           weather-lab/registry:2.8.3-ARCH      Debian 13's docker-registry, on the busybox
+#                                                image (lab/images/registry/)
+#           weather-lab/python:3.13-slim-trixie-ARCH  Debian 13's python3.13 moved to /usr/local
+#                                                (lab/images/python/): the apps' build stage
+#   Each behaves like the Docker Hub image it stands in for (entry point, user, paths);
+#   the Dockerfiles say how, and lab/tests/ proves it.
 #
 # arm64 mmdebstrap runs dpkg under qemu-user: about 2.5 minutes idle. Every
 # image above the rootfs fetches its packages in an amd64 stage, so nothing else runs
@@ -118,8 +122,6 @@ build_seed() {
   local arch=$1 fetch; mapfile -t fetch < <(fetch_args "$1")
   build_layer consul "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/consul:1.8.7-$arch" "${fetch[@]}"
   fix_arch "weather-lab/consul:1.8.7-$arch" "$arch"
-  build_layer registry "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/registry:2.8.3-$arch" "${fetch[@]}"
-  fix_arch "weather-lab/registry:2.8.3-$arch" "$arch"
   # busybox: the static binary the node image already unpacked for its own tests.
   local bb="weather-lab/busybox:1.37.0-$arch" node="weather-lab/node:$SUITE-$arch"
   local hash; hash=$(recipe_hash busybox "$arch" "$(image_recipe "$node")")
@@ -131,12 +133,11 @@ build_seed() {
     fix_arch "$bb" "$arch"
     log "$bb: built"
   fi
-    # The apps' build stage needs python3 + libs: the rootfs has exactly that.
-  local py="weather-lab/python-base:3.13-$SUITE-$arch"
-  if [ "$(image_recipe "$py")" != "$(image_recipe "weather-lab/rootfs:$SUITE-$arch")" ]; then
-    docker tag "weather-lab/rootfs:$SUITE-$arch" "$py"
-    fix_arch "$py" "$arch"
-  fi
+  # registry: Alpine-like as Docker Hub's (busybox sh and wget, no Python).
+  build_layer registry "$arch" "$bb" "weather-lab/registry:2.8.3-$arch" "${fetch[@]}"
+  fix_arch "weather-lab/registry:2.8.3-$arch" "$arch"
+  build_layer python "$arch" "weather-lab/rootfs:$SUITE-$arch" "weather-lab/python:3.13-slim-$SUITE-$arch"
+  fix_arch "weather-lab/python:3.13-slim-$SUITE-$arch" "$arch"
 }
 
 main() {
@@ -154,8 +155,9 @@ main() {
       *) log "unknown image set: $what (node, engine, seed, all)"; exit 2 ;;
     esac
   done
-  # The apps' image tests on this (amd64) host use the untagged-arch name.
-  case "$what" in seed|all) docker tag "weather-lab/python-base:3.13-$SUITE-amd64" "weather-lab/python-base:3.13-$SUITE" ;; esac
+  # The apps' image tests on this (amd64) host build FROM the Docker Hub name, as the
+  # weather_app role does on the nodes (nothing is pulled: the local image is used).
+  case "$what" in seed|all) docker tag "weather-lab/python:3.13-slim-$SUITE-amd64" "python:3.13-slim-$SUITE" ;; esac
 }
 
 main "$@"

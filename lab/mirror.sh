@@ -24,7 +24,7 @@ SEEDS=(
   "library/registry:2.8.3             weather-lab/registry:2.8.3"
   "library/registry:2                 weather-lab/registry:2.8.3"
   "library/busybox:1.37.0             weather-lab/busybox:1.37.0"
-  "weather-lab/python-base:3.13-trixie weather-lab/python-base:3.13-$SUITE"
+  "library/python:3.13-slim-trixie    weather-lab/python:3.13-slim-$SUITE"
 )
 ARCHES=(amd64 arm64)
 
