@@ -25,7 +25,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 ROLE_SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
 SCENARIOS ?= $(ROLE_SCENARIOS) cluster
 
-.PHONY: help setup host venv apps-venv images bench bench-ansible lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
+.PHONY: help secrets setup host venv apps-venv images bench bench-ansible lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -54,21 +54,27 @@ images: host ## Build the lab images and seed the lab mirror (cached by recipe; 
 	@bash lab/build-images.sh all amd64 arm64
 	@bash lab/mirror.sh
 
-lint: venv ## yamllint + ansible-lint (production profile)
+# The lab's secrets (fresh random values, git-ignored), under the vault_* names of
+# production's vault file. Molecule's inventory links to the same file.
+LAB_VAULT := inventory/lab/group_vars/all/30-vault.yml
+secrets: $(LAB_VAULT) ## Generate the lab's secrets once (kept afterwards)
+$(LAB_VAULT):
+	@python3 lab/make-secrets.py $@
+
+lint: venv secrets ## yamllint + ansible-lint (production profile)
 	@echo "[lint] yamllint"; yamllint --strict .
 	@echo "[lint] ansible-lint (production profile)"; ansible-lint --profile production --offline
 
-test-molecule: setup images ## Every Molecule scenario in $(SCENARIOS) (part of make test)
+test-molecule: setup images secrets ## Every Molecule scenario in $(SCENARIOS) (part of make test)
 	@bash scripts/run-scenarios.sh $(SCENARIOS)
 
-test-roles: setup images ## The role scenarios alone, each with its own idempotence and check passes
+test-roles: setup images secrets ## The role scenarios alone, each with its own idempotence and check passes
 	@bash scripts/run-scenarios.sh $(ROLE_SCENARIOS)
 
-molecule-%: setup images ## One scenario, e.g. make molecule-docker_engine
+molecule-%: setup images secrets ## One scenario, e.g. make molecule-docker_engine
 	@bash scripts/run-scenarios.sh $*
 
-lab: setup images ## Start a lab cluster (1 amd64 manager + 2 arm64 Pis) and run site.yml on it
-	@$(PY) lab/make-secrets.py inventory/lab/group_vars/all/secrets.yml
+lab: setup images secrets ## Start a lab cluster (1 amd64 manager + 2 arm64 Pis) and run site.yml on it
 	@ansible-playbook -i inventory/lab lab/up.yml
 
 lab-down: venv ## Remove the lab cluster

@@ -32,13 +32,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 SUITE=${LAB_SUITE:-trixie}
 MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
 CACHE_DIR=${LAB_CACHE_DIR:-$HOME/.cache/weather-lab}
-ROOTFS_INCLUDE=systemd,systemd-sysv,python3,python3-apt,iproute2,procps,ca-certificates,iputils-ping
+# openssh-server and sudo: nodes are reached like machines (an admin user, SSH, sudo).
+ROOTFS_INCLUDE=systemd,systemd-sysv,python3,python3-apt,iproute2,procps,ca-certificates,iputils-ping,openssh-server,sudo
 export DOCKER_BUILDKIT=0   # the classic builder ships with the daemon; buildx is not installed
 
 log() { printf '[lab-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # Bump when the rootfs procedure below changes in a way its parameters do not show.
-ROOTFS_RECIPE_REV=2   # 2: mmdebstrap instead of debootstrap
+ROOTFS_RECIPE_REV=3   # 2: mmdebstrap instead of debootstrap; 3: no SSH host keys in the image
 
 # Hash of everything that shapes an image: a change in any input rebuilds it.
 recipe_hash() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
@@ -73,6 +74,9 @@ build_rootfs() {
   rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
          "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* \
          "$dir"/etc/hostname "$dir"/etc/resolv.conf
+  # Every node makes its own SSH host keys at its first boot, as Raspberry Pi OS does
+  # (lab/images/node/files/lab-boot): keys baked into an image would be shared by all.
+  rm -f "$dir"/etc/ssh/ssh_host_*
   log "$image: importing ($(( SECONDS - start )) s so far)"
   tar -C "$dir" -c . | docker import \
       --change "LABEL org.weather-lab.recipe=$hash" \

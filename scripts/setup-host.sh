@@ -46,7 +46,7 @@ setup_apt_sources() {
 
 install_packages() {
   local missing=()
-  for p in docker.io mmdebstrap arch-test chromium chromium-driver wrk curl; do
+  for p in docker.io mmdebstrap arch-test chromium chromium-driver wrk curl openssh-client; do
     have_pkg "$p" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -84,15 +84,22 @@ register_binfmt() {
   # Line format :name:type:offset:magic:mask:interpreter:flags. With flag F the kernel
   # opens the interpreter once, at registration: after a qemu upgrade it must be
   # registered again, so remember which binary (inode + mtime) we registered.
-  local interp stamp marker=/run/weather-cluster-binfmt
+  #
+  # Flag C (credentials from the emulated binary, not from qemu): without it a setuid
+  # arm64 program runs with the caller's uid, and `sudo` on an emulated Pi says
+  # "effective uid is not 0". The lab's Pis are reached as a sudo user, like real ones.
+  local interp stamp line marker=/run/weather-cluster-binfmt
   interp=$(awk -F: '{print $7}' "$conf")
-  stamp="$(stat -L -c '%i %Y' "$interp") $(stat -L -c '%i %Y' /usr/bin/qemu-aarch64-static)"
-  if [ -f "$dir/qemu-aarch64" ] && [ "$(cat "$marker" 2>/dev/null)" = "$stamp" ]; then
+  line=$(head -n 1 "$conf")
+  case "${line##*:}" in *C*) ;; *) line="${line}C" ;; esac
+  stamp="$(stat -L -c '%i %Y' "$interp") $(stat -L -c '%i %Y' /usr/bin/qemu-aarch64-static) ${line##*:}"
+  if [ -f "$dir/qemu-aarch64" ] && [ "$(cat "$marker" 2>/dev/null)" = "$stamp" ] \
+     && grep -q '^flags: .*C' "$dir/qemu-aarch64"; then
     return
   fi
-  log "registering qemu-aarch64 binfmt handler ($interp)"
+  log "registering qemu-aarch64 binfmt handler ($interp, flags ${line##*:})"
   if [ -f "$dir/qemu-aarch64" ]; then echo -1 > "$dir/qemu-aarch64"; fi
-  cat "$conf" > "$dir/register"
+  printf '%s\n' "$line" > "$dir/register"
   echo "$stamp" > "$marker"
 }
 

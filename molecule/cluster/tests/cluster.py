@@ -99,12 +99,14 @@ def consul_producers(manager: str, token: str) -> dict[str, list[str]]:
 
 def extra_inventory(workers: list[str] = (), retired: list[str] = ()) -> str:
     """An inventory file that adds lab Pis (containers on this machine, arm64) to the
-    scenario's: the lines a user adds under `workers` or moves under `retired`."""
+    scenario's: the lines a user adds under `workers` or moves under `retired`, a Pi
+    and its address. Login, key and sudo come from the inventory's group_vars, the
+    host key from the lab's known_hosts (lab/tasks/start-nodes.yml records it)."""
     lines = ["all:", "  children:"]
-    for group, hosts in (("workers", workers), ("retired", retired), ("lab_arm64", [*workers, *retired])):
+    for group, hosts in (("workers", workers), ("retired", retired), ("lab_pis", [*workers, *retired])):
         if hosts:
             lines += [f"    {group}:", "      hosts:"]
-            lines += [f"        {h}: {{ansible_connection: docker, ansible_user: root}}" for h in hosts]
+            lines += [f"        {h}: {{ansible_host: {node_ip(h)}}}" for h in hosts]
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     return f.name

@@ -9,7 +9,7 @@ import testinfra
 
 MANAGER = "manager"
 WORKER = "pi1"
-NETWORK = "lab_overlay"
+NETWORK = "weather"  # overlay_net_networks in the inventory (production's name)
 LAB_IMAGE = "lab/busybox:latest"
 
 
