@@ -116,15 +116,22 @@ def test_consul_default_runs_agent_as_consul_under_dumb_init(container):
     name = container()
     docker("run", "-d", "--name", name, "--network", "none", CONSUL)
 
-    def probe():
+    def processes() -> dict[str, tuple[str, str]]:
+        """First word of the command (basename) -> (uid, command line)."""
         top = docker("top", name, "-eo", "pid,uid,args", check=False).stdout
-        return "consul agent -data-dir=/consul/data -config-dir=/consul/config -dev" in top, top
+        lines = [line.split(None, 2) for line in top.splitlines()[1:]]
+        return {args.split()[0].rsplit("/", 1)[-1]: (uid, args) for _, uid, args in lines}
 
-    top = wait_for("the dev agent", probe, timeout=20)
-    lines = [line.split(None, 2) for line in top.splitlines()[1:]]
-    uids = {args.split()[0].rsplit("/", 1)[-1]: uid for _, uid, args in lines}
-    assert uids["dumb-init"] == "0"
-    assert uids["consul"] == "100"
+    def probe():
+        procs = processes()
+        return "consul" in procs, repr(procs)
+
+    wait_for("the dev agent (after su-exec)", probe, timeout=20)
+    procs = processes()
+    assert procs["dumb-init"][0] == "0"
+    uid, args = procs["consul"]
+    assert uid == "100"
+    assert args.startswith("consul agent -data-dir=/consul/data -config-dir=/consul/config -dev")
 
 
 def test_consul_old_role_way_fails_like_docker_hub(consul_dirs):
