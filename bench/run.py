@@ -847,9 +847,10 @@ METHODS = """
   zips, then the memory cgroup (cgroup v1: `memory.stat` `total_rss`; `docker stats` reports
   0 on this host).
 * **arm64 (not re-run by this script)**: `apps/build-wheelhouse.sh arm64` (65 s) and
-  `docker build --build-arg BASE_IMAGE=weather-lab/python-base:3.13-trixie-arm64
+  `docker build --build-arg BASE_IMAGE=weather-lab/python:3.13-slim-trixie-arm64
   --build-arg WHEEL_ARCH=aarch64 --build-arg APP=weather_producer --target weather_producer -f apps/Dockerfile apps` under qemu
-  binfmt: 280 s on 2026-11-22 (with the machine also busy), image 53.6 MB; `python3 -c
+  binfmt: 280 s on 2026-11-22 (with the machine also busy; the base was then Debian's
+  python3 under /usr, `weather-lab/python-base`), image 53.6 MB; `python3 -c
   "import platform, weather_producer, gunicorn"` in it prints `aarch64`. Docker 20.10 records
   the architecture as amd64 (the imported base image carries no platform).
 """
