@@ -29,7 +29,11 @@ SEEDS=(
 ARCHES=(amd64 arm64)
 
 start_mirror() {
-  if [ "$(docker inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = true ]; then return; fi
+  # A running mirror is kept unless its image was rebuilt (the data volume stays).
+  if [ "$(docker inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = true ] \
+     && [ "$(docker inspect -f '{{.Image}}' "$NAME")" = "$(docker image inspect -f '{{.Id}}' "weather-lab/registry:2.8.3-amd64")" ]; then
+    return
+  fi
   docker rm -f "$NAME" >/dev/null 2>&1 || true
   log "starting $NAME (registry 2.8.3) on 127.0.0.1:$PORT"
   docker run -d --name "$NAME" --restart unless-stopped \
