@@ -80,10 +80,11 @@ def node_diagnosis(node: str) -> str:
     return "\n".join(parts)
 
 
-def inventory_vars(node: str = "manager") -> dict:
-    """A node's variables from the scenario's inventory (the test secrets live there)."""
+def inventory_value(name: str, node: str = "manager"):
+    """A variable of a node as the playbooks see it, templated (production's group_vars
+    name the vault_* values the lab's secrets file holds)."""
     host = testinfra.get_host(f"ansible://{node}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
-    return host.ansible.get_variables()
+    return host.ansible("debug", f"var={name}", check=False)[name]
 
 
 def consul_get(manager: str, path: str, token: str):

@@ -16,7 +16,7 @@ import requests
 
 from cluster import (
     FAKE_OWM, NETWORK, PRODUCER_APP, PROJECT, Consumer, Load, consul_producers, container_ids,
-    extra_inventory, inventory_vars, node_diagnosis, on_node, producers_on, record, recap,
+    extra_inventory, inventory_value, node_diagnosis, on_node, producers_on, record, recap,
     run_playbook, sh, started_at, wait_for,
 )
 
@@ -265,7 +265,7 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
 def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consumer):
     """Its line moved from workers to retired, site.yml limited to the managers and that
     Pi: its producers deregister and are removed, no request fails, nothing else restarts."""
-    token = inventory_vars(MANAGER)["consul_kv_app_tokens"]["consumer"]
+    token = inventory_value("consul_kv_app_tokens", MANAGER)["consumer"]
     leaving = set(producers_on(THIRD).values())
     leaving_ids = {f"{PRODUCER_APP}-{i}" for i in leaving}  # their Consul service IDs
     assert leaving

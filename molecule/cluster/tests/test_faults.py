@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 from cluster import (
-    FAKE_OWM, BreakerWatch, Consumer, FakeOwm, HostFirewall, Load, burst, consul_get, inventory_vars,
+    FAKE_OWM, BreakerWatch, Consumer, FakeOwm, HostFirewall, Load, burst, consul_get, inventory_value,
     node_ip, on_node, percentile, producers_on, record, wait_for,
 )
 from netdelay import PacketDelay
@@ -214,7 +214,7 @@ def test_owm_quota_spent_for_a_minute_serves_stale_and_backs_off(consumer, owm):
     assert calls <= 60, calls
     # That budget is the key's, shared through Consul KV (not a per-producer fallback):
     # the producers' call window is there, under the apps' prefix.
-    token = inventory_vars(MANAGER)["consul_kv_app_tokens"]["consumer"]
+    token = inventory_value("consul_kv_app_tokens", MANAGER)["consumer"]
     assert consul_get(MANAGER, "/v1/kv/weather/quota/?keys", token), "no shared OWM call window in KV"
 
 

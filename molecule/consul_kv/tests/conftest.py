@@ -48,16 +48,23 @@ def node(name):
 
 @pytest.fixture(scope="module")
 def inventory_vars():
-    """The scenario's inventory variables (the test secrets live there)."""
+    """The scenario's inventory variables, as the inventory writes them (not templated)."""
     return node("manager").ansible.get_variables()
 
 
+def resolved(name):
+    """An inventory variable as the playbooks see it: templated (production's group_vars
+    name the vault_* values that the lab's secrets file holds)."""
+    return node("manager").ansible("debug", f"var={name}", check=False)[name]
+
+
 @pytest.fixture(scope="module")
-def tokens(inventory_vars):
+def tokens():
+    app_tokens = resolved("consul_kv_app_tokens")
     return {
-        "management": inventory_vars["consul_kv_acl_management_token"],
-        "producer": inventory_vars["consul_kv_app_tokens"]["producer"],
-        "consumer": inventory_vars["consul_kv_app_tokens"]["consumer"],
+        "management": resolved("consul_kv_acl_management_token"),
+        "producer": app_tokens["producer"],
+        "consumer": app_tokens["consumer"],
     }
 
 

@@ -51,9 +51,14 @@ def worker():
 
 @pytest.fixture(scope="module")
 def credentials(manager):
-    """The registry user and password, from the scenario's inventory."""
-    variables = manager.ansible.get_variables()
-    return variables.get("private_registry_username", "weather"), variables["private_registry_password"]
+    """The registry user and password, from the scenario's inventory (templated: production's
+    group_vars name the vault_* value that the lab's secrets file holds)."""
+    def resolved(name):
+        return manager.ansible("debug", f"var={name}", check=False).get(name)
+    user = resolved("private_registry_username")
+    if not isinstance(user, str) or "VARIABLE IS NOT DEFINED" in user:
+        user = "weather"
+    return user, resolved("private_registry_password")
 
 
 def _login(node, credentials):
