@@ -43,7 +43,8 @@ def http(host, method, path, token="", body=""):
 
 def node(name):
     """A Testinfra host for a node by inventory name (tests that span two nodes)."""
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+                              sudo=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ LAB_IMAGE = "lab/busybox:latest"
 
 
 def node(name):
-    """A Testinfra host for a lab node (Molecule reaches the nodes with `docker exec` too)."""
-    return testinfra.get_host(f"docker://{name}")
+    """A Testinfra host for a lab node, reached as the verifier reaches it: SSH as the admin
+    user, commands with sudo."""
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+                              sudo=True)
 
 
 def import_lab_image(host):

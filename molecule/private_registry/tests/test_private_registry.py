@@ -3,6 +3,7 @@ trusted by every node, used by an (emulated) arm64 Pi."""
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -34,8 +35,9 @@ except urllib.error.HTTPError as e:
 
 
 def _node(name):
+    """A node as the verifier reaches it: SSH as the admin user, commands with sudo."""
     return testinfra.get_host(
-        f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}"
+        f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}", sudo=True
     )
 
 
@@ -56,8 +58,8 @@ def credentials(manager):
     def resolved(name):
         return manager.ansible("debug", f"var={name}", check=False).get(name)
     user = resolved("private_registry_username")
-    if not isinstance(user, str) or "VARIABLE IS NOT DEFINED" in user:
-        user = "weather"
+    if not isinstance(user, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", user):
+        user = "weather"  # not in the inventory ("... is undefined"): the role's default
     return user, resolved("private_registry_password")
 
 
