@@ -38,8 +38,7 @@ OLD_KEYS = {"consul_kv_gossip_key": "gossip", "consul_kv_acl_management_token": 
             "private_registry_password": "registry", "weather_app_owm_api_key": "owm"}
 
 
-def old_values(path: str) -> dict | None:
-    old = os.path.join(os.path.dirname(path), OLD)
+def old_values(old: str) -> dict | None:
     if not os.path.exists(old):
         return None
     values = {}
@@ -55,7 +54,8 @@ def main(path: str) -> int:
     if os.path.exists(path):
         print(f"[lab] secrets: keeping {path}")
         return 0
-    values = old_values(path) or {
+    old = os.path.join(os.path.dirname(path), OLD)
+    values = old_values(old) or {
         "gossip": base64.b64encode(secrets.token_bytes(32)).decode(),
         "management": str(uuid.uuid4()),
         "agent": str(uuid.uuid4()),
@@ -67,7 +67,6 @@ def main(path: str) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(TEMPLATE.format(**values))
-    old = os.path.join(os.path.dirname(path), OLD)
     if os.path.exists(old):
         os.remove(old)
         print(f"[lab] secrets: moved the values of {old} to vault_* names")

@@ -3,7 +3,6 @@ trusted by every node, used by an (emulated) arm64 Pi."""
 
 import json
 import os
-import re
 import time
 
 import pytest
@@ -53,14 +52,11 @@ def worker():
 
 @pytest.fixture(scope="module")
 def credentials(manager):
-    """The registry user and password, from the scenario's inventory (templated: production's
-    group_vars name the vault_* value that the lab's secrets file holds)."""
-    def resolved(name):
-        return manager.ansible("debug", f"var={name}", check=False).get(name)
-    user = resolved("private_registry_username")
-    if not isinstance(user, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", user):
-        user = "weather"  # not in the inventory ("... is undefined"): the role's default
-    return user, resolved("private_registry_password")
+    """The registry user (the role's default unless the inventory sets one) and password
+    (templated: production's group_vars name the vault_* value the lab's secrets hold)."""
+    user = manager.ansible.get_variables().get("private_registry_username", "weather")
+    password = manager.ansible("debug", "var=private_registry_password", check=False)
+    return user, password["private_registry_password"]
 
 
 def _login(node, credentials):
