@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Image tags and wheelhouse freshness for the weather_app role (runs on the controller).
+"""Image tags and wheelhouse freshness for the weather_images role (runs on the controller).
 
-    weather_app_tags.py --apps-dir DIR --base-image IMAGE \
+    weather_images_tags.py --apps-dir DIR --base-image IMAGE \
         --app producer=weather_producer --app consumer=weather_consumer ... \
         --image producer:amd64 --image consumer:amd64 ... --wheel-arch x86_64 ...
 
@@ -88,9 +88,9 @@ def main() -> None:
     apps = dict(item.split("=", 1) for item in args.app)
     for directory in [COMMON, *apps.values()]:
         if not (apps_dir / directory / "pyproject.toml").is_file():
-            sys.exit(f"{apps_dir / directory} has no pyproject.toml: is weather_app_apps_dir right?")
+            sys.exit(f"{apps_dir / directory} has no pyproject.toml: is weather_images_apps_dir right?")
     if not (apps_dir / DOCKERFILE).is_file():
-        sys.exit(f"{apps_dir / DOCKERFILE} is missing: is weather_app_apps_dir right?")
+        sys.exit(f"{apps_dir / DOCKERFILE} is missing: is weather_images_apps_dir right?")
 
     # Our packages' sources, as the wheels in every wheelhouse were built from them.
     sources = hashlib.sha256()
