@@ -10,13 +10,18 @@ Prints one JSON object:
     {"wheelhouse": {"x86_64": {"current": true, "sources": "<sha256>", "path": "...", "wheels": 20}},
      "images": [{"app": "producer", "arch": "amd64", "wheel_arch": "x86_64",
                  "version": "0.1.0", "hash": "<12 hex>", "tag": "0.1.0-<hash>-amd64"}],
-     "tags": {"producer": {"amd64": "0.1.0-<hash>-amd64"}, "consumer": {}, "fake_owm": {}}}
+     "lists": [{"app": "producer", "tag": "0.1.0-<hash>",
+                "arches": {"amd64": "0.1.0-<hash>-amd64", "arm64": "0.1.0-<hash>-arm64"}}]}
 
 An image's hash covers what ends up in it: the files of weather_common and of the app
 (its package and pyproject.toml; not its tests), apps/Dockerfile (shared by the three
 apps: a change to it rebuilds them all), the names of the wheels in .wheelhouse/<arch>/
 (the third-party versions) and the base image. Same inputs, same tag: an unchanged app
 is never rebuilt. Read-only: it changes nothing.
+
+Each app also gets a multi-architecture tag (a manifest list over its images, one per
+architecture): <version>-<hash of the per-architecture tags>, so it changes exactly when
+one of them does. A node that pulls it gets the image of its own architecture.
 
 A wheelhouse is current when it has wheels and its stamp (.weather-app-sources, written by
 the role after apps/build-wheelhouse.sh) matches the hash of all our packages' sources.
@@ -133,10 +138,16 @@ def main() -> None:
             "tag": f"{version}-{short}-{arch}",
         })
 
-    tags: dict[str, dict[str, str]] = {key: {} for key in apps}
-    for image in images:
-        tags[image["app"]][image["arch"]] = image["tag"]
-    json.dump({"wheelhouse": wheelhouse, "images": images, "tags": tags}, sys.stdout, indent=1, sort_keys=True)
+    lists = []
+    for key in sorted(apps):
+        arches = {image["arch"]: image["tag"] for image in images if image["app"] == key}
+        if not arches:
+            continue
+        digest = hashlib.sha256("\n".join(f"{a}={t}" for a, t in sorted(arches.items())).encode())
+        version = next(image["version"] for image in images if image["app"] == key)
+        lists.append({"app": key, "tag": f"{version}-{digest.hexdigest()[:12]}", "arches": arches})
+    json.dump({"wheelhouse": wheelhouse, "images": images, "lists": lists}, sys.stdout, indent=1,
+              sort_keys=True)
     sys.stdout.write("\n")
 
 
