@@ -70,6 +70,20 @@ def test_fresh_weather_from_a_producer_on_an_arm64_pi(consumer):
     assert {by_instance[i] for i in serving_instances(consumer) if i in by_instance} == set(PIS)
 
 
+def test_every_node_runs_the_published_multiarch_image_of_its_architecture():
+    """The images tier published one multi-architecture tag per app (a manifest list);
+    the amd64 manager and the arm64 Pis run that same reference, each its own platform."""
+    published = json.loads(on_node(MANAGER, "cat", "/etc/ansible/facts.d/weather_images.fact"))
+    multiarch = published["multiarch"]
+    assert set(published["images"]["producer"]) == {"amd64", "arm64"}
+    running = {MANAGER: ("consumer", "weather-consumer", "amd64")}
+    running.update({pi: ("producer", next(iter(producers_on(pi))), "arm64") for pi in PIS})
+    for node, (app, container, arch) in running.items():
+        image = on_node(node, "docker", "inspect", "-f", "{{ .Config.Image }}", container)
+        assert image == multiarch[app], (node, image, multiarch)
+        assert on_node(node, "docker", "image", "inspect", "-f", "{{ .Architecture }}", image) == arch
+
+
 def test_a_crashed_producer_fails_no_request(consumer):
     victim_node = "pi1"
     name, instance = next(iter(producers_on(victim_node).items()))
