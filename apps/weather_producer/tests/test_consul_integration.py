@@ -9,6 +9,8 @@ import uuid
 import pytest
 import requests
 
+from weather_producer import healthcheck
+
 pytestmark = pytest.mark.consul
 
 SERVICE = "weather-producer"
@@ -34,6 +36,7 @@ def test_registers_with_ttl_check_and_deregisters_on_stop(run_producer, consul_a
     assert prod.producer.registration.wait_registered(5)
     ready = prod.get("/ready").json()
     assert ready["consul_registered"] is True and ready["cache_backend"] == "consul"
+    assert healthcheck.check(f"{prod.url}/ready") == (True, "ready, registered in Consul")
     prod.stop()
     assert consul_agent.passing(name) == []
 
@@ -48,9 +51,12 @@ def test_consul_down_at_start_producer_serves_then_registers(run_producer, consu
     assert r.status_code == 200 and r.json()["stale"] is False  # serves without Consul
     assert prod.get("/ready").status_code == 200
     assert prod.producer.registration.registered is False
+    # ...but the container healthcheck (what swarm gates a rolling update on) says not yet
+    assert healthcheck.check(f"{prod.url}/ready") == (False, "ready, but not registered in Consul (yet)")
     agent.start()
     wait_until(lambda: len(agent.passing(name)) == 1, 15, what="registration after consul came up")
     assert prod.producer.registration.wait_registered(5)  # flag set after the first heartbeat
+    assert healthcheck.check(f"{prod.url}/ready")[0] is True
 
 
 def test_kv_last_good_shared_between_instances_and_survives_restart(run_producer, consul_agent, fake_owm):

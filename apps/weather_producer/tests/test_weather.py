@@ -8,6 +8,7 @@ import time
 import pytest
 
 from weather_common.cache import FreshCache
+from weather_producer import healthcheck
 from weather_producer.service import STALE_MESSAGE
 
 FIELDS = {"zip", "country", "city", "description", "temperature_c", "observed_at", "instance", "stale",
@@ -122,11 +123,14 @@ def test_missing_key_file_not_ready_and_no_owm_call(run_producer, fake_owm, tmp_
     assert r.status_code == 503 and "misconfigured" in r.json()["error"] and r.json()["reason"] == "owm_config"
     ready = prod.get("/ready")
     assert ready.status_code == 503 and "key file" in ready.json()["reason"]
+    healthy, reason = healthcheck.check(f"{prod.url}/ready")
+    assert not healthy and reason.startswith("not ready (503)") and "key file" in reason
     assert fake_owm.stats()["total"] == 0
     # the key file appears: picked up without a restart
     (tmp_path / "missing").write_text(fake_owm.app.config["API_KEYS"][0])
     assert prod.get(zip="10001").status_code == 200
     assert prod.get("/ready").status_code == 200
+    assert healthcheck.check(f"{prod.url}/ready") == (True, "ready")  # no Consul configured
 
 
 def test_breaker_opens_and_stops_calling_owm(run_producer, fake_owm):

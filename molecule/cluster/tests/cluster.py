@@ -1,8 +1,10 @@
-"""Helpers for the whole-cluster tests: the nodes, their containers, the consumer's API,
-a background load that records every answer, and playbook runs.
+"""Helpers for the whole-cluster tests: the nodes, the swarm stack's tasks on them, the
+consumer's API, a background load that records every answer, and playbook runs.
 
 The tests run on this machine (Molecule's verifier); the nodes are containers on the
-`molecule-default` network, each with its own Docker daemon inside.
+`molecule-default` network, each with its own Docker daemon inside. The weather services
+are the swarm stack `weather` (roles/weather_app): its tasks are containers labelled with
+their service's name on the node swarm placed them on.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 import testinfra
 
-LABEL = "org.weather-cluster"
-PRODUCER_APP = "weather-producer"
-FAKE_OWM = "weather-fake-owm"
+STACK = "weather"  # weather_app_stack_name
+PRODUCERS, CONSUMER, FAKE_OWM = f"{STACK}_producer", f"{STACK}_consumer", f"{STACK}_fake-owm"
+PRODUCER_APP = "weather-producer"  # the producers' Consul service
 CONSUMER_PORT = 8080
-OPERATOR_PORT = 9080  # the consumer's operator listener, on the manager's loopback
-FAKE_OWM_PORT = 8090  # the fake OWM's control API, on the manager's loopback
+OPERATOR_PORT = 9080  # the consumer's operator listener: not published, reached inside its container
+FAKE_OWM_PORT = 8090  # the fake OWM's control API, idem
 NETWORK = "molecule-default"
 PROJECT = Path(__file__).resolve().parents[3]
 RESULTS = PROJECT / ".cache" / "resilience.json"
@@ -50,12 +53,25 @@ def node_ip(node: str) -> str:
               "{{ (index .NetworkSettings.Networks \"%s\").IPAddress }}" % NETWORK, node)
 
 
-def producers_on(node: str, stopped_too: bool = False) -> dict[str, str]:
-    """The node's (running) producer containers: {container name: instance id}."""
-    out = on_node(node, "docker", "ps", *(["-a"] if stopped_too else []),
-                  "--filter", f"label={LABEL}.app={PRODUCER_APP}",
-                  "--format", "{{ .Names }} {{ .Label \"%s.instance\" }}" % LABEL)
-    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+def tasks_on(node: str, service: str) -> list[str]:
+    """IDs of the running containers of a stack service on a node (its swarm tasks)."""
+    return on_node(node, "docker", "ps", "-q", "--no-trunc",
+                   "--filter", f"label=com.docker.swarm.service.name={service}").split()
+
+
+def producers_on(node: str) -> dict[str, str]:
+    """The node's running producer tasks: {container id: instance id}. The instance
+    (<node>-<swarm task id>) is part of the producer's Consul service ID and is what the
+    consumer's answers name."""
+    ids = tasks_on(node, PRODUCERS)
+    if not ids:
+        return {}
+    out = on_node(node, "docker", "inspect", "-f", "{{ .Id }}{{ range .Config.Env }} {{ . }}{{ end }}", *ids)
+    result = {}
+    for line in out.splitlines():
+        cid, *env = line.split()
+        result[cid] = next(v.split("=", 1)[1] for v in env if v.startswith("WEATHER_PRODUCER_INSTANCE_ID="))
+    return result
 
 
 def container_ids(node: str) -> dict[str, str]:
@@ -113,8 +129,16 @@ def extra_inventory(workers: list[str] = (), retired: list[str] = ()) -> str:
     return f.name
 
 
-def started_at(node: str, container: str) -> str:
-    return on_node(node, "docker", "inspect", "-f", "{{ .State.StartedAt }}", container)
+@contextmanager
+def service_stopped(service: str, manager: str = "manager"):
+    """A replicated stack service scaled to 0 (its tasks stopped, its DNS name gone) and
+    back to 1 afterwards: `docker stop` would only make swarm start a new task."""
+    on_node(manager, "docker", "service", "scale", "--detach", f"{service}=0")
+    wait_for(lambda: not tasks_on(manager, service), timeout=60, what=f"{service} to stop")
+    try:
+        yield
+    finally:
+        on_node(manager, "docker", "service", "scale", "--detach", f"{service}=1")
 
 
 @dataclass
@@ -126,7 +150,7 @@ class Answer:
 
     @property
     def producer(self) -> str | None:
-        """The producer instance that answered (its container's instance label).
+        """The producer instance that answered (<node>-<swarm task id>).
 
         `producer` in the consumer's answer is the Consul service ID
         (weather-producer-<instance>); `instance` is the instance itself.
@@ -146,17 +170,19 @@ sys.stdout.write(urllib.request.urlopen(req, timeout=15).read().decode())
 
 
 def loopback_json(node: str, port: int, path: str, method: str = "GET", payload: dict | None = None,
-                  headers: dict | None = None):
-    """JSON from a port published on a node's loopback only (reached as an operator would,
-    from a shell on that node; the node has python3 but no curl)."""
-    out = on_node(node, "python3", "-c", _LOOPBACK_CALL, method, f"http://127.0.0.1:{port}{path}",
+                  headers: dict | None = None, service: str | None = None):
+    """JSON from a port on a node's loopback (reached as an operator would, from a shell
+    on that node; the node has python3 but no curl), or, with `service`, on the loopback
+    of that service's task on the node (`docker exec`: the images have python3 too)."""
+    where = ["docker", "exec", tasks_on(node, service)[0]] if service else []
+    out = on_node(node, *where, "python3", "-c", _LOOPBACK_CALL, method, f"http://127.0.0.1:{port}{path}",
                   json.dumps(payload) if payload is not None else "", json.dumps(headers or {}))
     return json.loads(out)
 
 
 class Consumer:
     """The consumer: its public API through the published port on the manager, its
-    operator listener through the manager's loopback (where the role publishes it)."""
+    operator listener from inside its task (swarm cannot publish on loopback only)."""
 
     def __init__(self, manager: str):
         self.manager = manager
@@ -181,21 +207,21 @@ class Consumer:
 
     def status(self) -> dict:
         """The operator status (producers with addresses and breakers, cached places)."""
-        return loopback_json(self.manager, OPERATOR_PORT, "/api/status")
+        return loopback_json(self.manager, OPERATOR_PORT, "/api/status", service=CONSUMER)
 
 
 class FakeOwm:
-    """The fake OpenWeatherMap on the manager, driven through its loopback control API."""
+    """The fake OpenWeatherMap on the manager, driven through its control API (inside its task)."""
 
     def __init__(self, manager: str):
         self.manager = manager
 
     def mode(self, mode: str, delay: float | None = None) -> dict:
         return loopback_json(self.manager, FAKE_OWM_PORT, "/_control", "POST",
-                             {"mode": mode, **({"delay": delay} if delay is not None else {})})
+                             {"mode": mode, **({"delay": delay} if delay is not None else {})}, service=FAKE_OWM)
 
     def stats(self) -> dict:
-        return loopback_json(self.manager, FAKE_OWM_PORT, "/_stats")
+        return loopback_json(self.manager, FAKE_OWM_PORT, "/_stats", service=FAKE_OWM)
 
 
 class BreakerWatch:

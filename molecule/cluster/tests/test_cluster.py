@@ -10,14 +10,15 @@ import json
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 import requests
 
 from cluster import (
-    FAKE_OWM, NETWORK, PRODUCER_APP, PROJECT, Consumer, Load, consul_producers, container_ids,
-    extra_inventory, inventory_value, node_diagnosis, on_node, producers_on, record, recap,
-    run_playbook, sh, started_at, wait_for,
+    CONSUMER, FAKE_OWM, NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, Load, consul_producers,
+    container_ids, extra_inventory, inventory_value, node_diagnosis, on_node, producers_on, record,
+    recap, run_playbook, service_stopped, sh, tasks_on, wait_for,
 )
 
 MANAGER, PIS = "manager", ["pi1", "pi2"]
@@ -72,23 +73,24 @@ def test_fresh_weather_from_a_producer_on_an_arm64_pi(consumer):
 
 def test_every_node_runs_the_published_multiarch_image_of_its_architecture():
     """The images tier published one multi-architecture tag per app (a manifest list);
-    the amd64 manager and the arm64 Pis run that same reference, each its own platform."""
+    the amd64 manager and the arm64 Pis run that same reference, each its own platform,
+    pinned by the digest the tag named when the stack was deployed."""
     published = json.loads(on_node(MANAGER, "cat", "/etc/ansible/facts.d/weather_images.fact"))
     multiarch = published["multiarch"]
     assert set(published["images"]["producer"]) == {"amd64", "arm64"}
-    running = {MANAGER: ("consumer", "weather-consumer", "amd64")}
+    running = {MANAGER: ("consumer", tasks_on(MANAGER, CONSUMER)[0], "amd64")}
     running.update({pi: ("producer", next(iter(producers_on(pi))), "arm64") for pi in PIS})
     for node, (app, container, arch) in running.items():
         image = on_node(node, "docker", "inspect", "-f", "{{ .Config.Image }}", container)
-        assert image == multiarch[app], (node, image, multiarch)
+        tag, _, digest = image.partition("@")
+        assert tag == multiarch[app] and digest.startswith("sha256:"), (node, image, multiarch)
         assert on_node(node, "docker", "image", "inspect", "-f", "{{ .Architecture }}", image) == arch
 
 
 def test_a_crashed_producer_fails_no_request(consumer):
     victim_node = "pi1"
-    name, instance = next(iter(producers_on(victim_node).items()))
-    pid = on_node(victim_node, "docker", "inspect", "-f", "{{ .State.Pid }}", name)
-    before = started_at(victim_node, name)
+    container, instance = next(iter(producers_on(victim_node).items()))
+    pid = on_node(victim_node, "docker", "inspect", "-f", "{{ .State.Pid }}", container)
     with Load(consumer, ZIPS) as load:
         time.sleep(3)
         t0 = time.monotonic()
@@ -96,16 +98,17 @@ def test_a_crashed_producer_fails_no_request(consumer):
         time.sleep(8)
         during = load.since(t0)
         others = {a.producer for a in during if fresh(a)}
-        # Docker restarts it (restart policy) and it registers again.
-        _, back = wait_for(lambda: instance in serving_instances(consumer, rounds=12),
-                           timeout=180, interval=1, what=f"{instance} to serve again")
+        # Swarm starts a new task on the node (restart policy) and it registers in Consul.
+        _, back = wait_for(lambda: (set(producers_on(victim_node).values()) - {instance})
+                           & serving_instances(consumer, rounds=12),
+                           timeout=180, interval=1, what=f"a new producer on {victim_node} to serve")
     failures = load.failures(t0)
     record("producer crash (kill -9)", requests=len(load.since(t0)),
            failed=len(failures), seconds_until_it_served_again=round(back + 8, 1))
     assert failures == [], failures[:5]
     # The other producers took the traffic while the victim was down.
     assert others - {instance}, others
-    assert started_at(victim_node, name) != before
+    assert container not in producers_on(victim_node)
 
 
 def test_owm_down_serves_stale_answers_with_their_age(consumer):
@@ -113,15 +116,12 @@ def test_owm_down_serves_stale_answers_with_their_age(consumer):
         consumer.weather(z)
     with Load(consumer, ZIPS) as load:
         t0 = time.monotonic()
-        on_node(MANAGER, "docker", "stop", FAKE_OWM)
-        try:
+        with service_stopped(FAKE_OWM, MANAGER):
             stale, to_stale = wait_for(
                 lambda: [a for a in load.since(t0) if a.status == 200 and a.body.get("stale")],
                 timeout=120, what="a stale answer")
             time.sleep(5)
             t1 = time.monotonic()
-        finally:
-            on_node(MANAGER, "docker", "start", FAKE_OWM)
         _, to_fresh = wait_for(lambda: [a for a in load.since(t1 + 2) if fresh(a)],
                                timeout=180, what="fresh answers after OWM is back")
     failures = load.failures(t0)
@@ -135,23 +135,31 @@ def test_owm_down_serves_stale_answers_with_their_age(consumer):
     assert failures == [], failures[:5]
 
 
+@contextmanager
+def producers_stopped():
+    """Every producer task stopped: a placement constraint no node meets (the way to stop
+    a global service; `docker stop` would only make swarm start a new task), removed after."""
+    update = ["docker", "service", "update", "--detach"]
+    on_node(MANAGER, *update, "--constraint-add", "node.labels.weather-test == stopped", PRODUCERS)
+    try:
+        wait_for(lambda: not any(tasks_on(node, PRODUCERS) for node in PIS), timeout=90,
+                 what="every producer to stop")
+        yield
+    finally:
+        on_node(MANAGER, *update, "--constraint-rm", "node.labels.weather-test == stopped", PRODUCERS)
+
+
 def test_all_producers_down_gives_stale_or_a_clear_503_never_500(consumer):
     for z in ZIPS:
         consumer.weather(z)  # the consumer keeps these as its last good answers
-    names = {node: list(producers_on(node)) for node in PIS}
     with Load(consumer, ZIPS) as load:
-        try:
-            for node, containers in names.items():
-                on_node(node, "docker", "stop", *containers)
+        with producers_stopped():
             t_down = time.monotonic()  # every producer has stopped (and deregistered)
             time.sleep(10)
             # A zip nobody asked before: nothing cached anywhere, so a plain 503.
             unknown = [consumer.weather("33101") for _ in range(3)]
             time.sleep(5)
             during = load.since(t_down + 1)
-        finally:
-            for node, containers in names.items():
-                on_node(node, "docker", "start", *containers)
         t1 = time.monotonic()
         _, back = wait_for(lambda: [a for a in load.since(t1) if fresh(a)], timeout=180,
                            what="fresh answers after the producers are back")
@@ -207,9 +215,9 @@ def test_adding_a_third_pi_joins_and_serves_and_restarts_nothing(consumer):
     converge = time.monotonic() - t0
     assert run.returncode == 0, run.stdout[-3000:]
     counts = recap(run.stdout)
-    new_instances = set(producers_on(THIRD).values())
-    _, to_serve = wait_for(lambda: new_instances & serving_instances(consumer, 12),
-                           timeout=180, interval=2, what=f"{THIRD}'s producer to serve")
+    # Swarm places the global producer on the new node once it carries the label (no deploy).
+    new_instances, to_serve = wait_for(lambda: set(producers_on(THIRD).values()) & serving_instances(consumer, 12),
+                                       timeout=300, interval=2, what=f"{THIRD}'s producer to serve")
     after = {node: container_ids(node) for node in [MANAGER, *PIS]}
     record("a third Pi added (site.yml --limit managers:pi3)", converge_seconds=round(converge),
            changed_per_host={h: c["changed"] for h, c in counts.items()},
@@ -222,16 +230,14 @@ def test_adding_a_third_pi_joins_and_serves_and_restarts_nothing(consumer):
 
 
 def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
-    """A change to the producers' settings re-creates every producer, one node at a time,
-    each passing in Consul before the next is touched: no request fails. (A new image
-    tag takes the same path: the settings and the image make the spec each producer is
-    labelled with. A settings change is used because a new arm64 image costs minutes of
-    emulated build.)"""
+    """A change to the producers' settings makes swarm replace every producer, one node at
+    a time, the new one healthy (registered in Consul) before the old one stops: no request
+    fails. (A new image tag takes the same path: both are the service's spec. A settings
+    change is used because a new arm64 image costs minutes of emulated build.)"""
     pis = [*PIS, THIRD]
     before = {node: container_ids(node) for node in pis}
     consumer_before = container_ids(MANAGER)
     rolled = {inst for node in pis for inst in producers_on(node).values()}
-    rolled_ids = {f"{PRODUCER_APP}-{inst}" for inst in rolled}  # their Consul service IDs
     # Toggle the producers' cache TTL (10 s in this scenario), so a re-run changes it again.
     env = on_node(pis[0], "docker", "inspect", "-f", "{{ range .Config.Env }}{{ println . }}{{ end }}",
                   next(iter(producers_on(pis[0]))))
@@ -239,11 +245,11 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
     healthy_counts = []
     stop = threading.Event()
 
-    def watch_consul_view():  # what the consumer sees passing, twice a second
+    def watch_consul_view():  # what the consumer sees passing, twice a second (old or new)
         while not stop.is_set():
             try:
                 rows = consumer.status()["producers"]
-                healthy_counts.append(sum(1 for p in rows if p["healthy"] and p["id"] in rolled_ids))
+                healthy_counts.append(sum(1 for p in rows if p["healthy"]))
             except (requests.RequestException, ValueError, KeyError):
                 pass
             stop.wait(0.5)
@@ -272,13 +278,15 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
     for node in pis:  # every producer was re-created...
         assert after[node] != before[node], node
     assert container_ids(MANAGER) == consumer_before  # ...and nothing else
+    assert not rolled & {i for node in pis for i in producers_on(node).values()}
     # ...never two at once: the consumer always saw all but at most one passing.
     assert healthy_counts and min(healthy_counts) >= len(rolled) - 1, healthy_counts
 
 
 def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consumer):
     """Its line moved from workers to retired, site.yml limited to the managers and that
-    Pi: its producers deregister and are removed, no request fails, nothing else restarts."""
+    Pi: the node is drained, its producer deregisters and stops, no request fails, nothing
+    else restarts."""
     token = inventory_value("consul_kv_app_tokens", MANAGER)["consumer"]
     leaving = set(producers_on(THIRD).values())
     leaving_ids = {f"{PRODUCER_APP}-{i}" for i in leaving}  # their Consul service IDs
@@ -298,7 +306,7 @@ def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consume
     served_after = {a.producer for a in load.since(t0 + took) if fresh(a)}
     record("a Pi moved to retired (site.yml --limit managers:pi3)", requests=len(load.since(t0)),
            failed=len(failures), run_seconds=round(took))
-    assert producers_on(THIRD, stopped_too=True) == {}
+    assert producers_on(THIRD) == {}
     registered = consul_producers(MANAGER, token)
     assert not leaving_ids & set(registered), registered
     assert failures == [], failures[:5]

@@ -13,13 +13,12 @@ and the two Pis; each leaves the cluster healthy for the next.
 """
 
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from cluster import (
     FAKE_OWM, BreakerWatch, Consumer, FakeOwm, HostFirewall, Load, burst, consul_get, inventory_value,
-    node_ip, on_node, percentile, producers_on, record, wait_for,
+    node_ip, on_node, percentile, producers_on, record, service_stopped, wait_for,
 )
 from netdelay import PacketDelay
 
@@ -84,13 +83,8 @@ def latency_figures(answers) -> dict:
             "p99_latency_s": round(percentile(seconds, 99), 3)}
 
 
-@contextmanager
 def owm_stopped():
-    on_node(MANAGER, "docker", "stop", FAKE_OWM)
-    try:
-        yield
-    finally:
-        on_node(MANAGER, "docker", "start", FAKE_OWM)
+    return service_stopped(FAKE_OWM, MANAGER)
 
 
 def test_a_burst_of_new_users_during_an_owm_outage_ejects_no_healthy_producer(consumer):

@@ -84,9 +84,10 @@ def test_overlay_not_encrypted(manager):
 
 
 def test_local_facts_published(host):
-    """Other roles can read the node's swarm role and the overlay networks from local facts."""
+    """Other roles can read the node's swarm role and ID and the overlay networks from local facts."""
     facts = json.loads(host.file("/etc/ansible/facts.d/overlay_net.fact").content_string)
     assert facts["swarm_role"] == ("manager" if host.backend.hostname == MANAGER else "worker")
+    assert facts["node_id"] == host.check_output("docker info -f '{{ .Swarm.NodeID }}'")
     assert facts["networks"] == [NETWORK]
 
 
