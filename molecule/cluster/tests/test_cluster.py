@@ -6,6 +6,7 @@ checks what users saw, undoes the fault, and records the measured outcome in
 each leaves the cluster healthy for the next.
 """
 
+import hashlib
 import json
 import threading
 import time
@@ -85,6 +86,25 @@ def test_every_node_runs_the_published_multiarch_image_of_its_architecture():
         tag, _, digest = image.partition("@")
         assert tag == multiarch[app] and digest.startswith("sha256:"), (node, image, multiarch)
         assert on_node(node, "docker", "image", "inspect", "-f", "{{ .Architecture }}", image) == arch
+
+
+def test_the_key_and_tokens_are_swarm_secrets_never_in_inspect_output():
+    """The OWM key and the Consul tokens reach the tasks as swarm secrets (a tmpfs file,
+    the images' user, 0400); neither the services, the task containers nor the compose
+    file on the manager show them."""
+    secrets = [inventory_value("weather_app_owm_api_key"), *inventory_value("consul_kv_app_tokens").values()]
+    container = next(iter(producers_on("pi1")))
+    shown = [on_node(MANAGER, "docker", "service", "inspect", PRODUCERS, CONSUMER),
+             on_node("pi1", "docker", "inspect", container),
+             on_node(MANAGER, "cat", "/etc/weather-app/stack.yml")]
+    assert not [value for value in secrets for text in shown if value in text]
+    mounted = on_node("pi1", "docker", "exec", container, "python3", "-c",
+                      "import hashlib, os; p = '/run/secrets/owm_api_key'; s = os.stat(p);"
+                      "print(s.st_uid, s.st_gid, oct(s.st_mode & 0o777),"
+                      " hashlib.sha256(open(p, 'rb').read().strip()).hexdigest())")
+    uid, gid, mode, digest = mounted.split()
+    assert digest == hashlib.sha256(str(secrets[0]).strip().encode()).hexdigest()
+    assert (uid, gid, mode) == ("10001", "10001", "0o400")
 
 
 def test_a_crashed_producer_fails_no_request(consumer):
