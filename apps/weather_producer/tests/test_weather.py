@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 
 import pytest
@@ -131,6 +133,21 @@ def test_missing_key_file_not_ready_and_no_owm_call(run_producer, fake_owm, tmp_
     assert prod.get(zip="10001").status_code == 200
     assert prod.get("/ready").status_code == 200
     assert healthcheck.check(f"{prod.url}/ready") == (True, "ready")  # no Consul configured
+
+
+def test_healthcheck_runs_as_a_file_without_importing_the_app(run_producer, fake_owm):
+    """The stack's command: the file, isolated. It must not import the app (Flask and
+    the rest cost seconds per check on a Pi), only the standard library."""
+    prod = run_producer()
+    assert prod.get("/ready").status_code == 200
+    port = prod.url.rsplit(":", 1)[-1]
+    run = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", healthcheck.__file__],
+                         capture_output=True, text=True, timeout=30,
+                         env={"GUNICORN_BIND": f"127.0.0.1:{port}"})
+    assert run.returncode == 0 and run.stdout.strip() == "ready", (run.stdout, run.stderr[-2000:])
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if "|" in line}
+    assert imported and not {m for m in imported if m.split(".")[0] in {"flask", "werkzeug", "requests",
+                                                                           "weather_producer", "weather_common"}}
 
 
 def test_breaker_opens_and_stops_calling_owm(run_producer, fake_owm):

@@ -259,6 +259,53 @@ class BreakerWatch:
         self._thread.join(30)
 
 
+class ConsulWatch:
+    """Polls Consul's view of the producers (every instance, passing or not, with each of
+    its checks: the node's serfHealth and the producer's TTL) twice a second while a fault
+    runs, and keeps every change: when a producer stopped passing, and which check said so."""
+
+    def __init__(self, manager: str, token: str, interval: float = 0.5):
+        self.manager, self.token, self.interval = manager, token, interval
+        self.samples: list[tuple[float, dict[str, dict[str, str]]]] = []  # (t, {id: {check: status}})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                entries = consul_get(self.manager, f"/v1/health/service/{PRODUCER_APP}", self.token)
+                view = {e["Service"]["ID"]: {c["CheckID"]: c["Status"] for c in e["Checks"]} for e in entries}
+                self.samples.append((time.monotonic(), view))
+            except (AssertionError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(self.interval)
+
+    def passing_counts(self) -> list[int]:
+        return [sum(all(s == "passing" for s in checks.values()) for checks in view.values())
+                for _t, view in self.samples]
+
+    def changes(self, since: float) -> list[str]:
+        """Every change of an instance's checks, as `+12.3 s <id> <check>=<status>` lines."""
+        lines, before = [], {}
+        for t, view in self.samples:
+            for iid in sorted(set(before) | set(view)):
+                old, new = before.get(iid), view.get(iid)
+                if new is None:
+                    lines.append(f"+{t - since:.1f} s {iid} gone")
+                elif old != new:
+                    lines.append(f"+{t - since:.1f} s {iid} " + " ".join(f"{k}={v}" for k, v in sorted(new.items())))
+            before = view
+        return lines
+
+    def __enter__(self) -> "ConsulWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of values; 0.0 when there are none."""
     if not values:

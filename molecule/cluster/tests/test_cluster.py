@@ -8,18 +8,18 @@ each leaves the cluster healthy for the next.
 
 import hashlib
 import json
+import subprocess
 import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
 
 import pytest
-import requests
 
 from cluster import (
-    CONSUMER, FAKE_OWM, NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, Load, consul_producers,
-    container_ids, extra_inventory, inventory_value, node_diagnosis, on_node, producers_on, record,
-    recap, run_playbook, service_stopped, sh, tasks_on, wait_for,
+    CONSUMER, FAKE_OWM, NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, ConsulWatch, Load,
+    consul_producers, container_ids, extra_inventory, inventory_value, node_diagnosis, on_node,
+    producers_on, record, recap, run_playbook, service_stopped, sh, tasks_on, wait_for,
 )
 
 MANAGER, PIS = "manager", ["pi1", "pi2"]
@@ -265,22 +265,23 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
     # stays the scenario's 10 s), so a re-run changes it again.
     env = on_node(pis[0], "docker", "inspect", "-f", "{{ range .Config.Env }}{{ println . }}{{ end }}",
                   next(iter(producers_on(pis[0]))))
-    size = "10001" if "WEATHER_PRODUCER_CACHE_MAX_ENTRIES=10000" not in env.splitlines() else "10000"
+    size = "10000" if "WEATHER_PRODUCER_CACHE_MAX_ENTRIES=10001" in env.splitlines() else "10001"
     settings = {"weather_app_producer_env": {"CACHE_TTL": "10", "CACHE_MAX_ENTRIES": size}}
-    healthy_counts = []
+    token = inventory_value("consul_kv_app_tokens", MANAGER)["consumer"]
+    seen = []  # (time, instances the consumer sees passing)
     stop = threading.Event()
 
-    def watch_consul_view():  # what the consumer sees passing, twice a second (old or new)
+    def watch_consumer_view():  # what the consumer sees passing, twice a second (old or new)
         while not stop.is_set():
             try:
                 rows = consumer.status()["producers"]
-                healthy_counts.append(sum(1 for p in rows if p["healthy"]))
-            except (requests.RequestException, ValueError, KeyError):
+                seen.append((time.monotonic(), sorted(p["id"] for p in rows if p["healthy"])))
+            except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
                 pass
             stop.wait(0.5)
 
-    watcher = threading.Thread(target=watch_consul_view, daemon=True)
-    with Load(consumer, ZIPS) as load:
+    watcher = threading.Thread(target=watch_consumer_view, daemon=True)
+    with Load(consumer, ZIPS) as load, ConsulWatch(MANAGER, token) as consul_view:
         time.sleep(3)
         t0 = time.monotonic()
         watcher.start()
@@ -292,20 +293,25 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
             watcher.join(10)
         rollout = time.monotonic() - t0
         time.sleep(3)
+    healthy_counts = [len(ids) for _t, ids in seen]
+    # When the consumer's view was short, what Consul said, check by check, and when.
+    timeline = "\n".join([*(f"+{t - t0:.1f} s consumer sees {ids}" for t, ids in seen
+                             if len(ids) < len(rolled)), *consul_view.changes(t0)])
     assert run.returncode == 0, run.stdout[-3000:]
     CHANGED_SETTINGS.update(settings)
     failures = load.failures(t0)
     after = {node: container_ids(node) for node in pis}
     record("a rolling update of every producer (apps.yml, settings changed)", requests=len(load.since(t0)),
            failed=len(failures), rollout_seconds=round(rollout), producers=len(rolled),
-           fewest_passing_during_rollout=min(healthy_counts, default=None))
+           fewest_passing_during_rollout=min(healthy_counts, default=None),
+           fewest_passing_in_consul=min(consul_view.passing_counts(), default=None))
     assert failures == [], failures[:5]
     for node in pis:  # every producer was re-created...
         assert after[node] != before[node], node
     assert container_ids(MANAGER) == consumer_before  # ...and nothing else
     assert not rolled & {i for node in pis for i in producers_on(node).values()}
     # ...never two at once: the consumer always saw all but at most one passing.
-    assert healthy_counts and min(healthy_counts) >= len(rolled) - 1, healthy_counts
+    assert healthy_counts and min(healthy_counts) >= len(rolled) - 1, (healthy_counts, timeline)
 
 
 def test_a_pi_moved_to_retired_loses_its_producers_and_they_leave_consul(consumer):
