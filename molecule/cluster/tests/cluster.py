@@ -224,33 +224,24 @@ class FakeOwm:
         return loopback_json(self.manager, FAKE_OWM_PORT, "/_stats", service=FAKE_OWM)
 
 
-class BreakerWatch:
-    """Polls the consumer's operator status twice a second while a fault runs: the most
-    producers that were passing in Consul AND had their breaker open at one moment (a
-    healthy producer ejected), and every state seen."""
+class Poller:
+    """Calls :meth:`poll` on a background thread every ``interval`` seconds while its
+    `with` block runs (the load, and the watches that measure a fault as it happens)."""
 
-    def __init__(self, consumer: Consumer, healthy: set[str], interval: float = 0.5):
-        self.consumer, self.healthy, self.interval = consumer, healthy, interval
-        self.max_open = 0
-        self.open_seen: set[str] = set()
-        self.polls = 0
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def poll(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                rows = self.consumer.status()["producers"]
-            except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
-                rows = None
-            if rows is not None:
-                opened = {r["id"] for r in rows if r["id"] in self.healthy and r["breaker"] != "closed"}
-                self.open_seen |= opened
-                self.max_open = max(self.max_open, len(opened))
-                self.polls += 1
+            self.poll()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "BreakerWatch":
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -259,26 +250,46 @@ class BreakerWatch:
         self._thread.join(30)
 
 
-class ConsulWatch:
+class BreakerWatch(Poller):
+    """Polls the consumer's operator status twice a second while a fault runs: the most
+    producers that were passing in Consul AND had their breaker open at one moment (a
+    healthy producer ejected), and every state seen."""
+
+    def __init__(self, consumer: Consumer, healthy: set[str], interval: float = 0.5):
+        super().__init__(interval)
+        self.consumer, self.healthy = consumer, healthy
+        self.max_open = 0
+        self.open_seen: set[str] = set()
+        self.polls = 0
+
+    def poll(self) -> None:
+        try:
+            rows = self.consumer.status()["producers"]
+        except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
+            return
+        opened = {r["id"] for r in rows if r["id"] in self.healthy and r["breaker"] != "closed"}
+        self.open_seen |= opened
+        self.max_open = max(self.max_open, len(opened))
+        self.polls += 1
+
+
+class ConsulWatch(Poller):
     """Polls Consul's view of the producers (every instance, passing or not, with each of
     its checks: the node's serfHealth and the producer's TTL) twice a second while a fault
     runs, and keeps every change: when a producer stopped passing, and which check said so."""
 
     def __init__(self, manager: str, token: str, interval: float = 0.5):
-        self.manager, self.token, self.interval = manager, token, interval
+        super().__init__(interval)
+        self.manager, self.token = manager, token
         self.samples: list[tuple[float, dict[str, dict[str, str]]]] = []  # (t, {id: {check: status}})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                entries = consul_get(self.manager, f"/v1/health/service/{PRODUCER_APP}", self.token)
-                view = {e["Service"]["ID"]: {c["CheckID"]: c["Status"] for c in e["Checks"]} for e in entries}
-                self.samples.append((time.monotonic(), view))
-            except (AssertionError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
-                pass
-            self._stop.wait(self.interval)
+    def poll(self) -> None:
+        try:
+            entries = consul_get(self.manager, f"/v1/health/service/{PRODUCER_APP}", self.token)
+            view = {e["Service"]["ID"]: {c["CheckID"]: c["Status"] for c in e["Checks"]} for e in entries}
+        except (AssertionError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+            return
+        self.samples.append((time.monotonic(), view))
 
     def passing_counts(self) -> list[int]:
         return [sum(all(s == "passing" for s in checks.values()) for checks in view.values())
@@ -296,14 +307,6 @@ class ConsulWatch:
                     lines.append(f"+{t - since:.1f} s {iid} " + " ".join(f"{k}={v}" for k, v in sorted(new.items())))
             before = view
         return lines
-
-    def __enter__(self) -> "ConsulWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -353,29 +356,16 @@ class HostFirewall:
         self.rules.clear()
 
 
-class Load:
+class Load(Poller):
     """Requests in a loop on a background thread, every answer kept, until stopped."""
 
     def __init__(self, consumer: Consumer, zips: list[str], interval: float = 0.1):
-        self.consumer, self.zips, self.interval = consumer, zips, interval
+        super().__init__(interval)
+        self.consumer, self.zips = consumer, zips
         self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            self.answers.append(self.consumer.weather(self.zips[i % len(self.zips)]))
-            i += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
+    def poll(self) -> None:
+        self.answers.append(self.consumer.weather(self.zips[len(self.answers) % len(self.zips)]))
 
     def since(self, t: float) -> list[Answer]:
         return [a for a in list(self.answers) if a.at >= t]
