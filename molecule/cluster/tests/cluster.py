@@ -273,6 +273,22 @@ class BreakerWatch(Poller):
         self.polls += 1
 
 
+class ConsumerView(Poller):
+    """What the consumer sees passing in Consul, twice a second: (time, instance IDs)."""
+
+    def __init__(self, consumer: Consumer, interval: float = 0.5):
+        super().__init__(interval)
+        self.consumer = consumer
+        self.seen: list[tuple[float, list[str]]] = []
+
+    def poll(self) -> None:
+        try:
+            rows = self.consumer.status()["producers"]
+        except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
+            return
+        self.seen.append((time.monotonic(), sorted(r["id"] for r in rows if r["healthy"])))
+
+
 class ConsulWatch(Poller):
     """Polls Consul's view of the producers (every instance, passing or not, with each of
     its checks: the node's serfHealth and the producer's TTL) twice a second while a fault

@@ -8,8 +8,6 @@ each leaves the cluster healthy for the next.
 
 import hashlib
 import json
-import subprocess
-import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from cluster import (
-    CONSUMER, FAKE_OWM, NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, ConsulWatch, Load,
+    CONSUMER, FAKE_OWM, NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, ConsulWatch, ConsumerView, Load,
     consul_producers, container_ids, extra_inventory, inventory_value, node_diagnosis, on_node,
     producers_on, record, recap, run_playbook, service_stopped, sh, tasks_on, wait_for,
 )
@@ -268,31 +266,15 @@ def test_an_update_rolls_one_pi_at_a_time_and_fails_no_request(consumer):
     size = "10000" if "WEATHER_PRODUCER_CACHE_MAX_ENTRIES=10001" in env.splitlines() else "10001"
     settings = {"weather_app_producer_env": {"CACHE_TTL": "10", "CACHE_MAX_ENTRIES": size}}
     token = inventory_value("consul_kv_app_tokens", MANAGER)["consumer"]
-    seen = []  # (time, instances the consumer sees passing)
-    stop = threading.Event()
-
-    def watch_consumer_view():  # what the consumer sees passing, twice a second (old or new)
-        while not stop.is_set():
-            try:
-                rows = consumer.status()["producers"]
-                seen.append((time.monotonic(), sorted(p["id"] for p in rows if p["healthy"])))
-            except (AssertionError, ValueError, KeyError, subprocess.SubprocessError):
-                pass
-            stop.wait(0.5)
-
-    watcher = threading.Thread(target=watch_consumer_view, daemon=True)
     with Load(consumer, ZIPS) as load, ConsulWatch(MANAGER, token) as consul_view:
         time.sleep(3)
         t0 = time.monotonic()
-        watcher.start()
-        try:
+        with ConsumerView(consumer) as consumer_view:
             run = run_playbook(PROJECT / "playbooks" / "apps.yml", "-e", json.dumps(settings),
                                inventories=[extra_inventory(workers=[THIRD])])
-        finally:
-            stop.set()
-            watcher.join(10)
         rollout = time.monotonic() - t0
         time.sleep(3)
+    seen = consumer_view.seen
     healthy_counts = [len(ids) for _t, ids in seen]
     # When the consumer's view was short, what Consul said, check by check, and when.
     timeline = "\n".join([*(f"+{t - t0:.1f} s consumer sees {ids}" for t, ids in seen

@@ -15,12 +15,12 @@ they found it.
 
 import json
 import subprocess
-import threading
 import time
+from contextlib import ExitStack
 
 import pytest
 
-from cluster import PROJECT, Consumer, Load, on_node, recap, record, run_playbook, wait_for
+from cluster import PROJECT, Consumer, Load, Poller, on_node, recap, record, run_playbook, wait_for
 
 NODES = ["manager", "pi1", "pi2"]
 CONSUL = "consul"  # consul_kv_container_name
@@ -86,38 +86,23 @@ def test_a_value_only_consul_refuses_never_reaches_an_agent():
     assert cluster_state() == before
 
 
-class AgentWatch:
-    """Polls, on every node, whether its Consul agent accepts connections on the HTTP
-    port, and keeps each node's down intervals."""
+class AgentProbe(Poller):
+    """Polls whether a node's Consul agent accepts connections on the HTTP port (one
+    probe at a time, every ``interval``), and keeps the node's down intervals."""
 
-    def __init__(self, port: int, interval: float = 0.2):
-        self.port, self.interval = port, interval
-        self.samples: dict[str, list[tuple[float, bool]]] = {n: [] for n in NODES}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in NODES]
+    def __init__(self, node: str, port: int, interval: float = 0.2):
+        super().__init__(interval)
+        self.probe = ["docker", "exec", node, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
+        self.samples: list[tuple[float, bool]] = []
 
-    def _run(self, node: str) -> None:
-        probe = ["docker", "exec", node, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{self.port}"]
-        while not self._stop.is_set():
-            t = time.monotonic()
-            up = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-            self.samples[node].append((t, up))
-            self._stop.wait(self.interval)
+    def poll(self) -> None:
+        t = time.monotonic()
+        self.samples.append((t, subprocess.run(self.probe, capture_output=True, timeout=30).returncode == 0))
 
-    def __enter__(self) -> "AgentWatch":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def down_intervals(self, node: str) -> list[tuple[float, float]]:
-        """[first sample down, first sample up again) for each outage of a node."""
+    def down_intervals(self) -> list[tuple[float, float]]:
+        """[first sample down, first sample up again) for each outage of the node."""
         intervals, start = [], None
-        for t, up in self.samples[node]:
+        for t, up in self.samples:
             if not up and start is None:
                 start = t
             elif up and start is not None:
@@ -148,7 +133,8 @@ def test_a_consul_configuration_change_restarts_one_agent_at_a_time_under_load()
     # DEBUG, then the inventory's own value back (no -e: the role's default).
     for new_level in ("DEBUG", None):
         started = {n: on_node(n, "docker", "inspect", "-f", "{{.State.StartedAt}}", CONSUL) for n in NODES}
-        with Load(consumer, ZIPS, interval=0.1) as load, AgentWatch(CONSUL_PORT) as watch:
+        with Load(consumer, ZIPS, interval=0.1) as load, ExitStack() as probing:
+            probes = {n: probing.enter_context(AgentProbe(n, CONSUL_PORT)) for n in NODES}
             time.sleep(2)
             t0 = time.monotonic()
             extra = ["-e", f"consul_kv_log_level={new_level}"] if new_level else []
@@ -158,13 +144,13 @@ def test_a_consul_configuration_change_restarts_one_agent_at_a_time_under_load()
         assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
         restarted = [n for n in NODES
                      if on_node(n, "docker", "inspect", "-f", "{{.State.StartedAt}}", CONSUL) != started[n]]
-        intervals = {n: watch.down_intervals(n) for n in NODES}
+        intervals = {n: probes[n].down_intervals() for n in NODES}
         failures = load.failures(t0)
         figures[new_level or "back"] = {
             "run_seconds": seconds, "restarted": restarted, "requests": len(load.since(t0)),
             "failed": len(failures),
             "down_seconds": {n: round(sum(e - s for s, e in intervals[n]), 1) for n in NODES},
-            "samples_per_node": min(len(watch.samples[n]) for n in NODES),
+            "samples_per_node": min(len(probes[n].samples) for n in NODES),
         }
         assert restarted == NODES, figures
         # Every node was seen down once (else the watch is too coarse to prove anything)
