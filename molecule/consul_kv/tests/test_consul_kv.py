@@ -79,6 +79,81 @@ def test_gossip_encrypted(host, tokens):
     assert agent.json()["Stats"]["serf_lan"]["encrypted"] == "true"
 
 
+# Runs on the node with its own python3: dials a server's RPC port (8300) as an agent
+# does, TLS first (Consul's RPCTLS byte, 0x03), verifying the server against the CA for
+# a name, without a certificate of its own; then asks for RPC (RPCConsul, 0x00) inside it.
+_RPC_PROBE = r"""
+import socket, ssl, sys
+address, ca, name = sys.argv[1:4]
+sock = socket.create_connection((address, 8300), 10)
+sock.settimeout(10)
+try:
+    sock.sendall(b"\x03")
+    tls = ssl.create_default_context(cafile=ca).wrap_socket(sock, server_hostname=name)
+    print("handshake", tls.version(), tls.getpeercert()["subjectAltName"])
+    tls.sendall(b"\x00")
+    print("read", repr(tls.recv(1)))
+except (OSError, ssl.SSLError) as exc:
+    print("refused", type(exc).__name__, exc)
+"""
+
+
+def server_facts():
+    """What the server published about itself (ansible_local.consul_kv)."""
+    return json.loads(node("manager").file("/etc/ansible/facts.d/consul_kv.fact").content_string)
+
+
+def rpc_probe(host, name):
+    """What a caller without a client certificate gets from the server's RPC port."""
+    return host.check_output("python3 -c %s %s %s %s", _RPC_PROBE, server_facts()["bind_address"],
+                             "/etc/consul.d/tls/ca.pem", name)
+
+
+def test_server_proves_its_identity_over_tls(host):
+    """Any node can check that 8300 is a server of this datacenter: its certificate,
+    from the role's CA, is for server.<dc>.consul (what verify_server_hostname checks)."""
+    name = f"server.{server_facts()['datacenter']}.consul"
+    out = rpc_probe(host, name)
+    assert out.startswith("handshake TLSv1."), out
+    assert f"('DNS', '{name}')" in out, out
+
+
+def test_server_refuses_rpc_without_a_client_certificate(host):
+    """verify_incoming: a caller with the CA but no certificate of its own gets no RPC
+    (before TLS, a plain RPCConsul byte, 0x00, was answered)."""
+    out = rpc_probe(host, f"server.{server_facts()['datacenter']}.consul")
+    assert "refused" in out and "CERTIFICATE" in out.upper(), out
+
+
+def test_server_certificate_is_for_no_other_name(host):
+    """The certificate names servers of this datacenter only: a caller asking for
+    another datacenter's server refuses it."""
+    out = rpc_probe(host, "server.elsewhere.consul")
+    assert out.startswith("refused SSLCertVerificationError"), out
+
+
+def test_plain_rpc_refused(host):
+    """Plain RPC (RPCConsul, 0x00, no TLS first) is closed by the server at once."""
+    server = server_facts()["bind_address"]
+    probe = ("import socket, sys; s = socket.create_connection((sys.argv[1], 8300), 10); s.settimeout(10); "
+             "s.sendall(b'\\x00'); print(repr(s.recv(1)))")
+    assert host.check_output("python3 -c %s %s", probe, server) == "b''"
+
+
+def test_client_agents_hold_a_certificate_from_the_servers(host):
+    """Client agents carry no key or certificate on disk: they get one from the servers
+    at start (auto_encrypt). Servers keep their key readable by the agent's group only."""
+    tls = host.file("/etc/consul.d/tls")
+    assert tls.mode == 0o750
+    assert host.file("/etc/consul.d/tls/ca.pem").exists
+    key = host.file("/etc/consul.d/tls/server-key.pem")
+    if host.backend.hostname in SERVERS:
+        assert key.mode == 0o640 and key.uid == 0
+        assert not host.file("/etc/consul-ca/ca-key.pem").mode & 0o077
+    else:
+        assert not key.exists and not host.file("/etc/consul-ca").exists
+
+
 def test_kv_write_without_token_denied(host):
     """Default deny: an anonymous KV write is refused with 403."""
     assert http(host, "PUT", f"/v1/kv/{PREFIX}verify/anonymous", body="x").status == 403
