@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -235,10 +236,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _answer(app: Flask, mode: str, delay: float | None, wake: threading.Event,
             zip_code: str, country: str) -> tuple[int, dict[str, Any]]:
     if mode == "timeout":
-        wake.wait(60.0 if delay is None else delay)
+        _hold(wake, 60.0 if delay is None else delay)
         return 504, {"cod": 504, "message": "gateway timeout"}
     if mode == "hang":
-        wake.wait(HANG_MAX_SECONDS if delay is None else delay)
+        _hold(wake, HANG_MAX_SECONDS if delay is None else delay)
         return 504, {"cod": 504, "message": "gateway timeout"}
     if mode == "slow":
         wake.wait(2.0 if delay is None else delay)
@@ -255,6 +256,32 @@ def _answer(app: Flask, mode: str, delay: float | None, wake: threading.Event,
     if zip_code in unknown or zip_code.startswith("000"):
         return 404, {"cod": "404", "message": "city not found"}
     return 200, weather_for(zip_code, country)
+
+
+def _hold(wake: threading.Event, seconds: float) -> None:
+    """Send nothing for ``seconds``, until the mode changes, or until the client hangs up.
+
+    A held request keeps one of gunicorn's threads: held until the mode changed, every
+    call a producer gave up on would keep its thread, and once they were all taken the
+    control API itself could not be reached to end the outage (seen in the cluster
+    tests: 16 threads). The client's socket tells when it left (gunicorn only).
+    """
+    sock = request.environ.get("gunicorn.socket")
+    deadline = time.monotonic() + seconds
+    while not wake.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or (sock is not None and client_gone(sock)):
+            return
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the peer closed the connection (an orderly FIN or a reset), without
+    reading anything the request may still carry."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _broken_answer(mode: str, delay: float | None, wake: threading.Event, body: dict[str, Any]) -> Response:

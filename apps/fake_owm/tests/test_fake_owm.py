@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -126,12 +127,14 @@ def test_drip_mode_sends_headers_then_one_byte_per_delay(fake_owm, owm_key):
     _check_drip(fake_owm.url, owm_key, fake_owm.set_mode)
 
 
-def test_drip_mode_streams_under_gunicorn_gthread(tmp_path, owm_key, free_port_fn):
-    port = free_port_fn()
+@contextmanager
+def gunicorn_fake(tmp_path, owm_key, port, threads):
+    """The fake as its image runs it (gunicorn gthread, its own config), on a local
+    port; yields (url, set_mode)."""
     url = f"http://127.0.0.1:{port}"
     conf = Path(__file__).resolve().parents[1] / "fake_owm" / "gunicorn.conf.py"
     log = open(tmp_path / "gunicorn.log", "wb")
-    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_THREADS": "4",
+    env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_THREADS": str(threads),
            "FAKE_OWM_API_KEYS": json.dumps([owm_key])}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", str(conf), "fake_owm.wsgi:app"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True)
@@ -150,13 +153,34 @@ def test_drip_mode_streams_under_gunicorn_gthread(tmp_path, owm_key, free_port_f
         def set_mode(mode, delay=None):
             requests.post(f"{url}/_control", json={"mode": mode, "delay": delay}, timeout=5).raise_for_status()
 
+        yield url, set_mode
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_drip_mode_streams_under_gunicorn_gthread(tmp_path, owm_key, free_port_fn):
+    with gunicorn_fake(tmp_path, owm_key, free_port_fn(), threads=4) as (url, set_mode):
         _check_drip(url, owm_key, set_mode)
         # after the mode change the server is usable at once (the drip thread was freed)
         assert requests.get(f"{url}/data/2.5/weather", params={"zip": "1,us", "appid": owm_key},
                             timeout=5).status_code == 200
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+
+
+def test_hung_calls_their_clients_left_free_the_control_api(tmp_path, owm_key, free_port_fn):
+    """In hang mode, three times as many calls as gunicorn has threads, each given up by
+    its client after 0.3 s (a producer's deadline): the control API still answers, so
+    the outage can be ended. Held until the mode changed, they took every thread."""
+    with gunicorn_fake(tmp_path, owm_key, free_port_fn(), threads=2) as (url, set_mode):
+        set_mode("hang")
+        for _ in range(6):
+            with pytest.raises(requests.Timeout):
+                requests.get(f"{url}/data/2.5/weather", params={"zip": "1,us", "appid": owm_key}, timeout=0.3)
+        t0 = time.monotonic()
+        set_mode("ok")
+        assert time.monotonic() - t0 < 3
+        assert requests.get(f"{url}/data/2.5/weather", params={"zip": "1,us", "appid": owm_key},
+                            timeout=5).status_code == 200
 
 
 def test_hang_mode_sends_nothing_until_the_mode_changes(fake_owm, owm_key):
