@@ -2,6 +2,7 @@
 
 import json
 import time
+import uuid
 
 import pytest
 from conftest import http, node
@@ -266,3 +267,68 @@ def test_service_from_pi_healthy_on_manager(tokens):
         assert all(check["Status"] == "passing" for check in entry["Checks"])
     finally:
         http(pi, "PUT", f"/v1/agent/service/deregister/{service_id}", tokens["producer"])
+
+
+def test_snapshot_timer_and_restore_drill(tokens):
+    """Nothing lost: the timer's service saves a snapshot; the server's data directory
+    is wiped (a dead SD card: a new node ID too); `consul-snapshot restore` brings back
+    what only the snapshot held: a KV key, an ACL token, a catalog entry no agent owns.
+    Runs last: it restarts the server."""
+    manager = node("manager")
+    assert manager.service("consul-snapshot.timer").is_enabled
+    assert manager.service("consul-snapshot.timer").is_running
+    marker, secret = f"drill-{time.time_ns()}", str(uuid.uuid4())
+    manage = tokens["management"]
+    assert http(manager, "PUT", f"/v1/kv/{PREFIX}drill/marker", manage, body=marker).status == 200
+    token = {"SecretID": secret, "Description": "restore drill", "Policies": [{"Name": "weather-consumer"}]}
+    assert http(manager, "PUT", "/v1/acl/token", manage, body=json.dumps(token)).status == 200
+    external = {"Node": "drill-external", "Address": "192.0.2.10",
+                "Service": {"ID": "drill", "Service": "drill", "Port": 80}}
+    assert http(manager, "PUT", "/v1/catalog/register", manage, body=json.dumps(external)).status == 200
+    old_id = manager.file("/var/lib/consul/node-id").content_string.strip()
+    before = set(manager.file("/var/backups/consul").listdir())
+    manager.run_test("systemctl start consul-snapshot.service")
+    saved = sorted(set(manager.file("/var/backups/consul").listdir()) - before)
+    assert len(saved) == 1 and saved[0].startswith("consul-") and saved[0].endswith(".snap"), saved
+
+    manager.run_test("docker stop consul && find /var/lib/consul -mindepth 1 -delete && docker start consul")
+    leader = wait_until(lambda: http(manager, "GET", "/v1/status/leader").json(), "a leader after the wipe")
+    # A new, empty cluster (once its ACLs are up: the management token from the config).
+    wait_until(lambda: http(manager, "GET", f"/v1/kv/{PREFIX}drill/marker", manage).status == 404,
+               "the wiped server to answer with the management token")
+    assert http(manager, "GET", "/v1/acl/token/self", secret).status == 403
+    new_id = manager.file("/var/lib/consul/node-id").content_string.strip()
+    assert new_id != old_id
+
+    manager.run_test(f"/usr/local/sbin/consul-snapshot restore /var/backups/consul/{saved[0]}")
+    try:
+        assert http(manager, "GET", f"/v1/kv/{PREFIX}drill/marker?raw", manage).text == marker
+        assert http(manager, "GET", "/v1/acl/token/self", secret).status == 200
+        assert http(manager, "GET", "/v1/catalog/node/drill-external", manage).json()["Services"]["drill"]
+        assert http(manager, "GET", f"/v1/kv/{PREFIX}verify/after-restore", tokens["producer"]).status == 404
+        # The server registers again under its new ID; the Pi's agent is a member again.
+        wait_until(lambda: http(manager, "GET", "/v1/catalog/node/manager", manage).json()["Node"]["ID"] == new_id,
+                   "the server in the catalog under its new node ID")
+        wait_until(lambda: {m["Name"]: m["Status"] for m in
+                            http(manager, "GET", "/v1/agent/members", manage).json()}.get("pi1") == 1, "pi1 alive")
+        assert leader
+    finally:
+        http(manager, "DELETE", f"/v1/kv/{PREFIX}drill/marker", manage)
+        http(manager, "PUT", "/v1/catalog/deregister", manage, body=json.dumps({"Node": "drill-external"}))
+        mine = http(manager, "GET", "/v1/acl/token/self", secret)
+        if mine.status == 200:
+            http(manager, "DELETE", f"/v1/acl/token/{mine.json()['AccessorID']}", manage)
+
+
+def wait_until(predicate, what, timeout=120):
+    """Poll predicate() every 2 s until truthy (an exception counts as not yet)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (AssertionError, ValueError, KeyError, TypeError) as exc:
+            last = exc
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
