@@ -17,7 +17,7 @@ Runtime control (no auth: it is a test double):
     the body one byte every ``delay`` seconds (default 0.8): a per-read socket timeout
     never fires, only a deadline on the whole call ends it;
   - ``hang``: accept the request and send nothing until the mode changes (or 300 s, or
-    ``delay``), then 504;
+    ``delay``), then 504; ``hang`` and ``timeout`` let go when the client hangs up;
   - ``garbage``: 200 ``application/json`` whose body is not JSON (an HTML error page);
   - ``nan``: 200, OWM-shaped JSON with the literal ``NaN`` as ``main.temp`` (what
     Python's ``json.dumps`` writes by default; not valid JSON);
