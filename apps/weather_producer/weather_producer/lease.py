@@ -35,6 +35,8 @@ from weather_common.deadline import Deadline
 
 __all__ = ["Lease", "LeaseState", "LeaseTable", "TAKEN", "BUSY", "FAILED", "NOT_FOUND", "SKIPPED"]
 
+#: less time than this left for a lease round trip: give up (SKIPPED, "no time left")
+MIN_LEASE_TIME = 0.005
 log = logging.getLogger("weather_producer.lease")
 
 #: acquire() results
@@ -162,7 +164,7 @@ class LeaseTable:
         kv_key = self.kv_key(key)
         try:
             for _ in range(4):
-                if budget.remaining() < 0.005:
+                if budget.remaining() < MIN_LEASE_TIME:
                     raise TimeoutError("no time left for the lease")
                 try:
                     raw, index = self.breaker.call(self.client.kv_get_index, kv_key, budget)

@@ -23,7 +23,7 @@ from weather_common.observability import Metrics
 from weather_common.validation import validate_weather
 
 from .owm import OwmAuthError, OwmClient, OwmError, OwmOutage, OwmQuota, OwmTimeout, UnknownZip
-from .lease import BUSY, FAILED, NOT_FOUND as LEASE_NOT_FOUND, SKIPPED, TAKEN, Lease, LeaseTable
+from .lease import BUSY, FAILED, MIN_LEASE_TIME, NOT_FOUND as LEASE_NOT_FOUND, SKIPPED, TAKEN, Lease, LeaseTable
 from .quota import RateLimiter, SharedRateLimiter
 
 __all__ = [
@@ -281,7 +281,7 @@ class WeatherService:
                 self.lease_metric.labels(outcome="waited_served").inc()
                 return shared
             left = deadline.remaining() - LEASE_WAIT_MARGIN
-            if left <= 0:
+            if left < MIN_LEASE_TIME:
                 break
             result, detail = self.leases.acquire(key, self._lease_hold(deadline), Deadline(left), since=since)
             if result == BUSY:
@@ -290,8 +290,11 @@ class WeatherService:
                 self.lease_metric.labels(outcome="taken_over").inc()
                 return detail
             if result == SKIPPED:
-                if deadline.remaining() - LEASE_WAIT_MARGIN <= 0:
-                    break  # the lease read only failed for lack of time
+                # The lease read only failed for lack of time (acquire gives up below
+                # MIN_LEASE_TIME): the wait is over, not Consul. Judged on the same
+                # threshold, or a read refused with 3 ms left would call OWM unleased.
+                if deadline.remaining() - LEASE_WAIT_MARGIN < MIN_LEASE_TIME:
+                    break
                 self.lease_metric.labels(outcome="skipped_consul").inc()
                 return None
             if result == LEASE_NOT_FOUND:
