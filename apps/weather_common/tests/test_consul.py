@@ -261,8 +261,8 @@ def _fake_consul(wsgi_server, state):
     return wsgi_server(app)
 
 
-def _entry(sid, address="10.0.0.1", port=8000, node_addr="10.9.9.9"):
-    return {"Node": {"Node": "n1", "Address": node_addr},
+def _entry(sid, address="10.0.0.1", port=8000, node_addr="10.9.9.9", node="n1"):
+    return {"Node": {"Node": node, "Address": node_addr},
             "Service": {"ID": sid, "Service": "weather-producer", "Address": address, "Port": port,
                         "Tags": [], "Meta": {"v": "1"}}}
 
@@ -314,6 +314,24 @@ def test_health_watcher_keeps_last_list_on_garbage_answers(wsgi_server, wait_unt
         # an EMPTY list from Consul is real news: no instance is passing
         state["body"] = "[]"
         wait_until(lambda: w.instances() == [], 5, what="empty list")
+    finally:
+        w.stop()
+
+
+def test_health_watcher_keeps_one_id_per_node_not_per_catalog(wsgi_server, wait_until):
+    """Consul service IDs are unique per node only: a copy of a producer's ID registered on
+    another node (listed first) must not hide the real entry; on one node the first wins."""
+    state = {"calls": 0, "body": json.dumps([
+        _entry("p-n2-1", address="192.0.2.66", node="a-rogue"), _entry("p-n2-1", address="10.0.0.2", node="n2"),
+        _entry("p-n1-1", node="n1"), _entry("p-n1-1", address="10.0.0.9", node="n1")])}
+    seen = []
+    w = HealthWatcher(ConsulClient(_fake_consul(wsgi_server, state).url), "weather-producer", wait="1s",
+                      max_backoff=0.2, on_change=seen.append).start()
+    try:
+        wait_until(lambda: seen, 5, what="first list")
+        assert [(i.id, i.node, i.address) for i in w.instances()] == [
+            ("p-n1-1", "n1", "10.0.0.1"), ("p-n2-1", "a-rogue", "192.0.2.66"), ("p-n2-1", "n2", "10.0.0.2")]
+        assert [(i.id, i.node) for i in seen[0]] == [(i.id, i.node) for i in w.instances()]
     finally:
         w.stop()
 

@@ -580,7 +580,9 @@ class HealthWatcher:
 
     ``instances()`` never blocks on Consul: it returns the last known list (kept while
     Consul is down). ``on_change(list[Instance])`` is called from the watcher thread
-    whenever the list changes.
+    whenever the list changes. The list is sorted by (ID, node); Consul keeps service IDs
+    unique per node only, so one ID may appear once per node (never dropped here: a
+    copy registered on another node must not hide the real entry).
 
     Args:
         client: the ConsulClient.
@@ -643,7 +645,7 @@ class HealthWatcher:
             # every entry is garbage: that is no evidence that no instance is up; keep
             # the last known list (counted in skipped_entries, logged once per entry)
             parsed = list(self._instances)
-        new = tuple(sorted(parsed, key=lambda i: i.id))
+        new = tuple(sorted(parsed, key=lambda i: (i.id, i.node)))
         changed = new != self._instances
         self._instances = new
         self.consul_ok = True
@@ -657,7 +659,7 @@ class HealthWatcher:
 
     def _parse(self, entries: list[Any]) -> list[Instance]:
         """Usable instances; each bad entry is skipped, counted, and logged once."""
-        good: dict[str, Instance] = {}
+        good: dict[tuple[str, str], Instance] = {}
         skipped = 0
         for entry in entries:
             try:
@@ -671,7 +673,10 @@ class HealthWatcher:
                     self._logged_bad.add(mark)
                     log.warning("skipping bad catalog entry of %s (id %r): %s", self.service, label, exc)
                 continue
-            good.setdefault(inst.id, inst)  # duplicate IDs: keep the first
+            # A service ID is unique per node only: the same ID on two nodes is two
+            # entries (a rogue copy of another node's ID must not hide the real one;
+            # the caller decides which to trust). On one node: keep the first.
+            good.setdefault((inst.node, inst.id), inst)
         self.skipped_entries += skipped
         self.last_skipped = skipped
         return list(good.values())
