@@ -304,7 +304,7 @@ class ProducerServer:
         self.app = app
         self.server = server
         self.url = server.url
-        self.instance = app.config["INSTANCE_ID"]
+        self.instance = app.extensions["weather_producer"].service.instance  # with NODE_NAME_FILE: "<node>-<INSTANCE_ID>"
         self.session = requests.Session()
 
     @property

@@ -41,6 +41,20 @@ def test_registers_with_ttl_check_and_deregisters_on_stop(run_producer, consul_a
     assert consul_agent.passing(name) == []
 
 
+def test_node_name_file_puts_the_node_in_the_service_id(run_producer, consul_agent, wait_until, tmp_path):
+    """With NODE_NAME_FILE the ID is <service>-<node>-<INSTANCE_ID>: the node it is on owns it."""
+    name = _service_name()
+    node_file = tmp_path / "node_name"
+    node_file.write_text(f"{consul_agent.node}\n")
+    prod = run_producer(CONSUL_HTTP_ADDR=consul_agent.url, CONSUL_SERVICE_NAME=name,
+                        NODE_NAME_FILE=str(node_file), INSTANCE_ID="task-1")
+    entries = wait_until(lambda: consul_agent.passing(name), 10, what="registration")
+    assert [(e["Node"]["Node"], e["Service"]["ID"]) for e in entries] == [
+        (consul_agent.node, f"{name}-{consul_agent.node}-task-1")]
+    assert entries[0]["Service"]["Meta"] == {"instance": f"{consul_agent.node}-task-1"}
+    assert prod.get(zip="10001").json()["instance"] == f"{consul_agent.node}-task-1"
+
+
 def test_consul_down_at_start_producer_serves_then_registers(run_producer, consul_factory, fake_owm, wait_until):
     agent = consul_factory(start=False)
     name = _service_name()

@@ -7,7 +7,6 @@ App factory ``create_app(test_config=None)``: :data:`DEFAULTS`, then the environ
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 from flask import Flask, current_app, jsonify, request
@@ -19,6 +18,7 @@ from weather_common.deadline import Deadline
 from weather_common.observability import init_app
 from weather_common.validation import ValidationError, validate_location, validate_weather
 
+from .identity import instance_name
 from .lease import LeaseTable
 from .netaddr import detect_address
 from .owm import ApiKeyFile, OwmClient
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "BREAKER_FAILURE_THRESHOLD": 5,
     "BREAKER_RECOVERY_TIMEOUT": 30,
     "INSTANCE_ID": None,              # default: hostname
+    "NODE_NAME_FILE": None,           # file with the host's Consul node name: instance "<node>-<INSTANCE_ID>"
     "CONSUL_HTTP_ADDR": None,         # e.g. http://127.0.0.1:8500; unset = no Consul
     "CONSUL_TOKEN_FILE": None,
     "CONSUL_REGISTER": True,          # self-register when CONSUL_HTTP_ADDR is set
@@ -141,7 +142,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.from_mapping(test_config)
     cfg = app.config
-    instance = str(cfg["INSTANCE_ID"] or socket.gethostname())
+    instance = instance_name(cfg["NODE_NAME_FILE"], cfg["INSTANCE_ID"])  # ValueError: bad file
 
     metrics = init_app(app, service="weather-producer", ready_check=_ready(app), log_level=str(cfg["LOG_LEVEL"]))
 
