@@ -103,16 +103,19 @@ def test_consumer_container_balances_falls_back_and_runs_locked_down(image, lab)
 
 
 def test_consumer_container_discovers_producers_in_consul(image, lab):
+    # Node "lab-consul": the IDs name it, as the consumer requires by default
+    # (PRODUCER_REQUIRE_NODE_ID; producers with NODE_NAME_FILE register so).
     consul = lab.run("consul", "-p", "127.0.0.1::8500", "-v",
                      "/usr/bin/consul:/usr/bin/consul:ro", BASE_IMAGE,
-                     "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn")
+                     "consul", "agent", "-dev", "-client", "0.0.0.0", "-node", "lab-consul",
+                     "-log-level", "warn")
     consul_url = f"http://127.0.0.1:{lab.host_port(consul, 8500)}"
     _wait(f"{consul_url}/v1/status/leader")
     for name in ("p1", "p2"):
         stub = _stub(lab, image, name)
         ip = json.loads(docker("inspect", stub))[0]["NetworkSettings"]["Networks"][lab.net]["IPAddress"]
         requests.put(f"{consul_url}/v1/agent/service/register", timeout=5, json={
-            "Name": "weather-producer", "ID": f"weather-producer-{name}", "Address": ip,
+            "Name": "weather-producer", "ID": f"weather-producer-lab-consul-{name}", "Address": ip,
             "Port": 8000}).raise_for_status()
     cons = lab.run("consumer", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8080",
                    "-p", "127.0.0.1::9080",
@@ -124,11 +127,11 @@ def test_consumer_container_discovers_producers_in_consul(image, lab):
     assert requests.get(f"{url}/api/status", timeout=5).status_code == 404
     assert requests.get(f"{url}/metrics", timeout=5).status_code == 404
     status = requests.get(f"{ops}/api/status", timeout=5).json()
-    assert sorted(p["id"] for p in status["producers"]) == ["weather-producer-p1",
-                                                             "weather-producer-p2"]
+    assert sorted(p["id"] for p in status["producers"]) == ["weather-producer-lab-consul-p1",
+                                                             "weather-producer-lab-consul-p2"]
     answered = {requests.get(f"{url}/api/weather", params={"zip": "10001"}, timeout=5)
                 .json()["producer"] for _ in range(4)}
-    assert answered == {"weather-producer-p1", "weather-producer-p2"}
+    assert answered == {"weather-producer-lab-consul-p1", "weather-producer-lab-consul-p2"}
     # Consul goes away: the consumer keeps serving from the last known list.
     docker("kill", consul)
     time.sleep(1)

@@ -158,8 +158,8 @@ def test_consul_discovery_skips_only_the_bad_catalog_entries(pool):
 
     watcher = HealthWatcher(ConsulClient("http://127.0.0.1:9"), "weather-producer")
     disco = ConsulDiscovery(pool, watcher)
-    good = ConsulInstance(id="weather-producer-pi1", service="weather-producer",
-                          address="10.0.0.11", port=8000)
+    good = ConsulInstance(id="weather-producer-pi1-t1", service="weather-producer",
+                          address="10.0.0.11", port=8000, node="pi1")
     bad = [
         ConsulInstance(id="weather-producer-pi2", service="s", address="10.0.0.12", port=0),
         SimpleNamespace(id="weather-producer-pi3", address="10.0.0.13", port=70000),
@@ -172,15 +172,15 @@ def test_consul_discovery_skips_only_the_bad_catalog_entries(pool):
         None,
     ]
     watcher.on_change(bad[:4] + [good] + bad[4:])
-    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1-t1"]
     assert pool.healthy()[0].base_url == "http://10.0.0.11:8000"
     assert disco.skipped == len(bad)
     # Every entry bad: not "nothing passing" - the last known list stays.
     watcher.on_change(bad)
-    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1-t1"]
     # An unreadable list (not iterable) is ignored too.
     watcher.on_change(42)
-    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1"]
+    assert [i.id for i in pool.healthy()] == ["weather-producer-pi1-t1"]
     assert disco.status()["skipped_entries"] == 2 * len(bad)
     # A real empty list still means "no instance passing" (panic routing decides then).
     watcher.on_change([])

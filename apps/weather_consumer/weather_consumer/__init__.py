@@ -21,6 +21,13 @@ DEFAULTS = {
     "CONSUL_HTTP_ADDR": "http://127.0.0.1:8500",
     "CONSUL_TOKEN_FILE": None,
     "PRODUCER_SERVICE": "weather-producer",
+    # Which Consul entries may be used (weather_consumer/admission.py: a stolen Pi holds
+    # the producer token and can register entries with any ID and address on its node).
+    # PRODUCER_CIDRS: "10.0.9.0/24,fd00::/64": only IP addresses inside these ("": any).
+    # PRODUCER_REQUIRE_NODE_ID: only service IDs "<PRODUCER_SERVICE>-<the entry's node>-..."
+    # (producers with NODE_NAME_FILE register so).
+    "PRODUCER_CIDRS": "",
+    "PRODUCER_REQUIRE_NODE_ID": True,
     "CONSUL_WAIT": "30s",  # blocking-query wait
     "DISCOVERY_INITIAL_WAIT": 1.0,  # s the factory waits for Consul's first answer
     # One overall deadline per user request; each producer call gets ONE deadline of

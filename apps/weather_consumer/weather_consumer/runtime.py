@@ -10,6 +10,7 @@ from weather_common.breaker import CircuitBreaker, CircuitOpenError
 from weather_common.consul import ConsulClient, HealthWatcher
 from weather_common.deadline import HttpClient
 
+from .admission import ProducerPolicy, parse_cidrs
 from .balancer import Balancer, ProducerFailure
 from .cache import LastGoodCache
 from .discovery import ConsulDiscovery, StaticDiscovery
@@ -75,11 +76,12 @@ class Runtime:
         service = WeatherService(balancer, cache, metrics)
 
         static = _producer_urls(cfg["PRODUCER_URLS"])
+        policy = producer_policy(cfg)  # checked even when unused: a typo fails at start
         discovery = None
         if static:
             discovery = StaticDiscovery(pool, static)
         elif cfg["CONSUL_HTTP_ADDR"]:
-            discovery = ConsulDiscovery(pool, _consul_watcher(cfg),
+            discovery = ConsulDiscovery(pool, _consul_watcher(cfg), policy=policy,
                                         initial_wait=float(cfg["DISCOVERY_INITIAL_WAIT"]))
         return cls(pool, cache, balancer, service, discovery, metrics, client,
                    default_country=str(cfg["DEFAULT_COUNTRY"]).lower(),
@@ -139,6 +141,26 @@ def parse_ports(value) -> frozenset:
             raise ValueError(f"OPERATOR_PORT: {port} is not a TCP port")
         ports.add(port)
     return frozenset(ports)
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def parse_bool(value, setting: str) -> bool:
+    """true/false (JSON from the environment), 1/0, or yes/no/on/off; anything else
+    raises ``ValueError`` naming ``setting`` (a typo must not flip a security check)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (int, str)) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{setting}: {value!r} is not a boolean (true/false)")
+
+
+def producer_policy(cfg) -> ProducerPolicy:
+    """PRODUCER_CIDRS and PRODUCER_REQUIRE_NODE_ID as a policy (admission.py)."""
+    return ProducerPolicy(str(cfg["PRODUCER_SERVICE"]), parse_cidrs(cfg["PRODUCER_CIDRS"]),
+                          parse_bool(cfg["PRODUCER_REQUIRE_NODE_ID"], "PRODUCER_REQUIRE_NODE_ID"))
 
 
 def _consul_watcher(cfg) -> HealthWatcher:
