@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import testinfra
@@ -64,9 +65,17 @@ def tokens():
     app_tokens = resolved("consul_kv_app_tokens")
     return {
         "management": resolved("consul_kv_acl_management_token"),
+        "agent_root": resolved("consul_kv_acl_agent_token"),
         "producer": app_tokens["producer"],
         "consumer": app_tokens["consumer"],
     }
+
+
+def agent_token(host):
+    """The agent token in a node's configuration (acl.tokens.agent)."""
+    match = re.search(r'^\s*agent\s*=\s*"([^"]+)"', host.file("/etc/consul.d/consul.hcl").content_string, re.M)
+    assert match, "no agent token in consul.hcl"
+    return match.group(1)
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ import time
 import uuid
 
 import pytest
-from conftest import http, node
+from conftest import agent_token, http, node
 
 SERVERS = {"manager"}
 PREFIX = "weather/"
@@ -14,6 +14,42 @@ PREFIX = "weather/"
 def consul_cli(host, args, token):
     """Run the consul CLI inside the node's agent container."""
     return host.check_output(f"docker exec consul consul {args} -token={token}")
+
+
+def test_each_agent_has_a_token_of_its_own_node(host, tokens):
+    """Each agent's token is a node identity for its own node, different on every node;
+    the root secret it is derived from is on no node and is no token in Consul."""
+    me, other = host.backend.hostname, ("pi1" if host.backend.hostname == "manager" else "manager")
+    mine = agent_token(host)
+    assert mine != agent_token(node(other))
+    assert tokens["agent_root"] not in host.file("/etc/consul.d/consul.hcl").content_string
+    datacenter = http(host, "GET", "/v1/agent/self", tokens["management"]).json()["Config"]["Datacenter"]
+    self_ = http(host, "GET", "/v1/acl/token/self", mine).json()
+    assert self_["NodeIdentities"] == [{"NodeName": me, "Datacenter": datacenter}]
+    assert not self_.get("Policies")
+    assert http(host, "GET", "/v1/acl/token/self", tokens["agent_root"]).status == 403
+
+
+def test_an_agent_token_writes_no_other_node(host, tokens):
+    """With its own agent token a node sees and may write only itself in the catalog: it
+    cannot register another node, nor a service under another node."""
+    me, other = host.backend.hostname, ("pi1" if host.backend.hostname == "manager" else "manager")
+    mine = agent_token(host)
+    visible = [n["Node"] for n in http(host, "GET", "/v1/catalog/nodes", mine).json()]
+    assert visible == [me]
+    forged = {"Node": other, "Address": "192.0.2.66",
+              "Service": {"Service": "weather-producer", "ID": f"weather-producer-{other}-forged", "Port": 8000}}
+    assert http(host, "PUT", "/v1/catalog/register", mine, body=json.dumps(forged)).status == 403
+    assert http(host, "PUT", "/v1/catalog/register", mine,
+                body=json.dumps({"Node": "intruder", "Address": "192.0.2.66"})).status == 403
+    services = http(host, "GET", f"/v1/catalog/node/{other}", tokens["management"]).json()["Services"] or {}
+    assert f"weather-producer-{other}-forged" not in services
+
+
+def test_node_name_published_for_local_services(host):
+    """The producers read the node name they register under from a file anyone may read."""
+    published = host.file("/etc/consul-node-name")
+    assert (published.content_string, published.mode) == (f"{host.backend.hostname}\n", 0o644)
 
 
 def test_container_on_host_network(host):
