@@ -61,8 +61,8 @@ def tasks_on(node: str, service: str) -> list[str]:
 
 def producers_on(node: str) -> dict[str, str]:
     """The node's running producer tasks: {container id: instance id}. The instance
-    (<node>-<swarm task id>) is part of the producer's Consul service ID and is what the
-    consumer's answers name."""
+    (<Consul node name>-<swarm task id>; the lab's node names are the inventory's) is
+    part of the producer's Consul service ID and is what the consumer's answers name."""
     ids = tasks_on(node, PRODUCERS)
     if not ids:
         return {}
@@ -70,7 +70,8 @@ def producers_on(node: str) -> dict[str, str]:
     result = {}
     for line in out.splitlines():
         cid, *env = line.split()
-        result[cid] = next(v.split("=", 1)[1] for v in env if v.startswith("WEATHER_PRODUCER_INSTANCE_ID="))
+        task = next(v.split("=", 1)[1] for v in env if v.startswith("WEATHER_PRODUCER_INSTANCE_ID="))
+        result[cid] = f"{node}-{task}"
     return result
 
 

@@ -8,7 +8,8 @@ server (which, before RPC and Raft were in TLS, made the leader replicate the wh
 Raft log to it: every ACL token and the KV), to read the KV and register a fake
 producer through an agent of its own, and to reach the nodes' Consul API, Docker API
 and the registry without credentials. Each attempt is denied, and the users' answers
-go on meanwhile.
+go on meanwhile. Then a Pi taken over, with what it holds (its own agent token and the
+producer token), tries to pose as another node.
 
 They run last (after test_inputs.py) on the manager and the two Pis.
 """
@@ -16,6 +17,7 @@ They run last (after test_inputs.py) on the manager and the two Pis.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -23,7 +25,8 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from cluster import NETWORK, Consumer, Load, consul_get, inventory_value, node_ip, on_node, record, sh, wait_for
+from cluster import (NETWORK, PRODUCER_APP, Consumer, Load, consul_get, inventory_value, node_ip, on_node, record, sh,
+                     wait_for)
 
 ROGUE_IMAGE = "weather-lab/consul:1.8.7-amd64"  # what the nodes run as hashicorp/consul:1.8.7 (lab/mirror.sh)
 NODES = ["manager", "pi1", "pi2"]
@@ -36,7 +39,7 @@ DATA = "/tmp/rogue-data"  # the rogue agent's data directory, in its container
 def secrets() -> dict[str, str]:
     apps = inventory_value("consul_kv_app_tokens")
     return {"management": inventory_value("consul_kv_acl_management_token"),
-            "agent": inventory_value("consul_kv_acl_agent_token"),
+            "agent": agent_token("pi1"),
             "producer": apps["producer"], "consumer": apps["consumer"],
             "gossip": inventory_value("consul_kv_gossip_key"),
             "datacenter": json.loads(on_node("manager", "cat", "/etc/ansible/facts.d/consul_kv.fact"))["datacenter"]}
@@ -49,6 +52,33 @@ def ca_file():
     with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
         f.write(pem + "\n")
     return f.name
+
+
+def agent_token(node: str) -> str:
+    """The node's own agent token, as its configuration holds it."""
+    match = re.search(r'^\s*agent\s*=\s*"([^"]+)"', on_node(node, "cat", "/etc/consul.d/consul.hcl"), re.M)
+    assert match, f"no agent token in {node}'s consul.hcl"
+    return match.group(1)
+
+
+# Runs on a node with its own python3: a call to the node's own Consul agent, whose
+# status code it prints (403 included).
+_CONSUL_CALL = r"""
+import sys, urllib.error, urllib.request
+method, path, token, body = sys.argv[1:5]
+req = urllib.request.Request("http://127.0.0.1:8500" + path, data=body.encode() or None, method=method,
+                             headers={"X-Consul-Token": token})
+try:
+    print(urllib.request.urlopen(req, timeout=15).status)
+except urllib.error.HTTPError as err:
+    print(err.code)
+"""
+
+
+def consul_status(node: str, method: str, path: str, token: str, payload: dict | None = None) -> int:
+    """The HTTP status of a Consul API call made through the node's own agent."""
+    body = json.dumps(payload) if payload is not None else ""
+    return int(on_node(node, "python3", "-c", _CONSUL_CALL, method, path, token, body))
 
 
 def members(secrets) -> dict[str, str]:
@@ -153,3 +183,85 @@ def test_the_lan_reaches_no_api_without_credentials():
            registry_catalog=catalog.status_code, registry_push=push.status_code)
     assert all(refused.values()), refused
     assert (catalog.status_code, push.status_code) == (401, 401)
+
+
+def passing_producers(secrets) -> dict[str, dict[str, dict]]:
+    """The passing producer instances in Consul's catalog: {node: {service ID: service}}."""
+    by_node: dict[str, dict[str, dict]] = {}
+    for entry in consul_get("manager", f"/v1/health/service/{PRODUCER_APP}?passing=true", secrets["management"]):
+        by_node.setdefault(entry["Node"]["Node"], {})[entry["Service"]["ID"]] = entry["Service"]
+    return by_node
+
+
+def test_a_taken_over_pi_poses_as_no_other_node(secrets):
+    """pi1 taken over: it holds its own agent token and the producer token (every
+    producer task has it). Neither writes pi2 into the catalog. What the producer token
+    registers through pi1's own agent lands on node pi1, passing: a producer under pi2's
+    producer ID pointing at pi1's producer (the consumer keys its pool by ID), and one
+    at pi1's LAN address, off the overlay. The consumer routes to neither."""
+    consumer = Consumer("manager")
+    real, _ = wait_for(lambda: (lambda p: {"pi1", "pi2"} <= p.keys() and p)(passing_producers(secrets)),
+                       timeout=120, what="a passing producer on pi1 and on pi2")
+    victim, own = next(iter(real["pi2"].values())), next(iter(real["pi1"].values()))
+    lan_id = f"{PRODUCER_APP}-pi1-lan"
+    foreign_node = {"Node": "pi2", "Address": node_ip("pi2"),
+                    "Service": {"Service": PRODUCER_APP, "ID": f"{PRODUCER_APP}-pi2-forged",
+                                "Address": own["Address"], "Port": own["Port"]}}
+    catalog = {kind: consul_status("pi1", "PUT", "/v1/catalog/register", secrets[kind], foreign_node)
+               for kind in ("agent", "producer")}
+    check = {"TTL": "600s", "Status": "passing"}
+    forged = [{"Name": PRODUCER_APP, "ID": victim["ID"], "Address": own["Address"], "Port": own["Port"], "Check": check},
+              {"Name": PRODUCER_APP, "ID": lan_id, "Address": node_ip("pi1"), "Port": own["Port"], "Check": check}]
+    with Load(consumer, ZIPS) as load:
+        try:
+            registered = [consul_status("pi1", "PUT", "/v1/agent/service/register", secrets["producer"], body)
+                          for body in forged]
+            wait_for(lambda: {victim["ID"], lan_id} <= passing_producers(secrets).get("pi1", {}).keys(),
+                     timeout=60, what="the forged producers passing on node pi1")
+            _, seen = wait_for(lambda: (lambda r: r["node"] >= 1 and r["address"] >= 1)(
+                consumer.status()["discovery"]["rejected"]), timeout=60, what="the consumer to reject them")
+            time.sleep(5)  # users' requests meanwhile
+            status = consumer.status()
+        finally:
+            for body in forged:
+                consul_status("pi1", "PUT", f"/v1/agent/service/deregister/{body['ID']}", secrets["producer"])
+    routed = {row["id"]: row["address"] for row in status["producers"]}
+    record("a taken-over Pi poses as another node", catalog_register_as_pi2=catalog, agent_register=registered,
+           consumer_rejected=status["discovery"]["rejected"], seconds_to_reject=round(seen, 1),
+           requests=len(load.answers), failed=len(load.failures()))
+    assert catalog == {"agent": 403, "producer": 403}, catalog
+    assert registered == [200, 200], registered  # Consul takes them, on node pi1 ...
+    assert lan_id not in routed, routed  # ... the consumer does not
+    assert routed.get(victim["ID"]) == victim["Address"] != own["Address"], routed
+    assert load.answers and not load.failures(), load.failures()[:5]
+
+
+def test_a_lan_machine_routing_via_a_node_reaches_no_consul_api():
+    """The agents listen on loopback and the Docker bridge's gateway, but a node answers
+    for any of its addresses on any interface: a LAN machine that routes the gateway's
+    address via the node reaches what listens there. A control server on the gateway
+    (port 18500) is reached that way; the agent's API (8500) and DNS (8600) are refused
+    by the role's firewall, on every node."""
+    script, controls = [], {}
+    for node in NODES:
+        gateway = on_node(node, "docker", "network", "inspect", "bridge", "--format",
+                          "{{ (index .IPAM.Config 0).Gateway }}")
+        controls[node] = on_node(node, "sh", "-c", f"cd /tmp && python3 -m http.server --bind {gateway} 18500 "
+                                 ">/dev/null 2>&1 & echo $!")
+        script.append(f"ip route replace {gateway}/32 via {node_ip(node)}")
+        script += [f"echo {node} {port} $(wget -q -T 5 -O /dev/null http://{gateway}:{port}/ 2>&1 && echo open)"
+                   for port in (18500, 8500, 8600)]
+    try:
+        wait_for(lambda: all(on_node(node, "sh", "-c", "ss -Hltn 'sport = :18500' | grep -q . && echo up",
+                                     check=False) for node in NODES), timeout=30, what="the control servers")
+        out = sh("docker", "run", "--rm", "--cap-add", "NET_ADMIN", "--network", NETWORK, "--entrypoint", "sh",
+                 ROGUE_IMAGE, "-c", "; ".join(script), check=False)
+    finally:
+        for node, pid in controls.items():
+            on_node(node, "kill", pid, check=False)
+    seen = {tuple(line.split()[:2]): " ".join(line.split()[2:]) for line in out.splitlines() if line.strip()}
+    record("a LAN machine that routes the Docker bridge's address via a node", answers=seen)
+    for node in NODES:
+        assert seen.get((node, "18500")) == "open", seen  # the route reaches the node's gateway address
+        for port in ("8500", "8600"):
+            assert "refused" in seen.get((node, port), ""), seen
