@@ -129,6 +129,8 @@ class Lab:
                              {"FAKE_OWM_API_KEYS": json.dumps([OWM_KEY])}, self.fake_port)
         self.fake_url = f"http://127.0.0.1:{self.fake_port}"
         self.consul_url: str | None = None
+        self.consul_node = ""  # the dev agent's node name: producers register under it
+        self.node_file = tmp / "consul-node-name"
         self.kv_prefix = f"bench/{uuid.uuid4().hex[:6]}"  # shared by every producer of the run
         self.producers: dict[str, tuple[Proc, int]] = {}
         self.operator: dict[str, str] = {}  # consumer URL -> its operator URL
@@ -146,6 +148,8 @@ class Lab:
         http = free_port()
         cmd = [CONSUL, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-port", str(http),
                "-log-level", "warn", "-node", f"bench-{http}"]
+        self.consul_node = f"bench-{http}"
+        self.node_file.write_text(self.consul_node + "\n")
         for flag in ("-dns-port", "-serf-lan-port", "-serf-wan-port", "-server-port", "-grpc-port"):
             cmd += [flag, str(free_port())]
         Proc("consul", cmd)
@@ -170,6 +174,7 @@ class Lab:
         }
         if consul:
             env.update({"WEATHER_PRODUCER_CONSUL_HTTP_ADDR": self.consul_url or "",
+                        "WEATHER_PRODUCER_NODE_NAME_FILE": str(self.node_file),
                         "WEATHER_PRODUCER_ADVERTISE_ADDRESS": "127.0.0.1",
                         "WEATHER_PRODUCER_ADVERTISE_PORT": str(port),
                         "WEATHER_PRODUCER_CACHE_KV_PREFIX": self.kv_prefix})
@@ -199,9 +204,13 @@ class Lab:
         """The operator status of a consumer (its second listener)."""
         return requests.get(f"{self.operator[url]}/api/status", timeout=5).json()
 
+    def service_id(self, name: str) -> str:
+        """A Consul-registered producer's service ID (<service>-<node>-<instance>, as in the cluster)."""
+        return f"weather-producer-{self.consul_node}-{name}"
+
     def wait_registered(self, names: list[str], timeout: float = 20.0) -> None:
         end = time.monotonic() + timeout
-        want = {f"weather-producer-{n}" for n in names}
+        want = {self.service_id(n) for n in names}
         while time.monotonic() < end:
             passing = requests.get(f"{self.consul_url}/v1/health/service/weather-producer?passing=true",
                                    timeout=2).json()
@@ -450,7 +459,7 @@ def bench_failover(lab: Lab, tmp: Path) -> dict[str, Any]:
     recs = [tuple(r) for r in json.loads(out_file.read_text())]
     out["consumer"] = _failover_analysis(recs, kill_at)
     status = lab.consumer_status(consumer)
-    out["consumer"]["killed_breaker"] = {p["id"]: p["breaker"] for p in status["producers"]}.get("weather-producer-fo-0")
+    out["consumer"]["killed_breaker"] = {p["id"]: p["breaker"] for p in status["producers"]}.get(lab.service_id("fo-0"))
 
     # The naive comparison: DNS-alias round robin = plain requests over the 3 addresses,
     # no discovery, no breaker, no retry. Fresh set of producers, same load, same kill.
