@@ -26,8 +26,8 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from cluster import (NETWORK, PRODUCER_APP, Consumer, Load, consul_get, inventory_value, node_ip, on_node, record, sh,
-                     wait_for)
+from cluster import (NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, Load, consul_get, inventory_value, node_ip,
+                     on_node, producers_on, recap, record, run_playbook, sh, wait_for)
 
 ROGUE_IMAGE = "weather-lab/consul:1.8.7-amd64"  # what the nodes run as hashicorp/consul:1.8.7 (lab/mirror.sh)
 NODES = ["manager", "pi1", "pi2"]
@@ -277,3 +277,57 @@ def test_a_lan_machine_routing_via_a_node_reaches_no_consul_api():
         assert seen.get(f"{node}:18500") == "open", seen  # the route reaches the node's gateway address
         for port in (8500, 8600):
             assert "refused" in seen.get(f"{node}:{port}", ""), seen
+
+
+MANIFEST_LIST_TYPES = ("application/vnd.docker.distribution.manifest.list.v2+json, "
+                       "application/vnd.oci.image.index.v1+json")
+IMAGE_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
+                        "application/vnd.oci.image.manifest.v1+json")
+
+
+def test_a_tag_pushed_over_in_the_registry_changes_nothing_deployed():
+    """Someone with the registry's login (a builder Pi holds it) pushes over the
+    producers' published multi-architecture tag: the amd64 image alone, which the Pis
+    would run under emulation or not at all. The stack pins the digest the images tier
+    recorded, so deploying again changes no producer; the images tier refuses to go on
+    and names the tag. With the published list put back, it passes again."""
+    published = json.loads(on_node("manager", "cat", "/etc/ansible/facts.d/weather_images.fact"))
+    ref, amd64 = published["multiarch"]["producer"], published["images"]["producer"]["amd64"]
+    digest = published["digests"][ref]
+    address, _, path = ref.partition("/")
+    repo, _, tag = path.rpartition(":")
+    registry = f"https://{node_ip('manager')}:{address.rpartition(':')[2]}/v2/{repo}/manifests"
+    username = json.loads(on_node("manager", "cat", "/etc/ansible/facts.d/private_registry.fact"))["username"]
+    session = requests.Session()
+    session.auth, session.verify = (username, inventory_value("private_registry_password")), False
+    original = session.get(f"{registry}/{digest}", headers={"Accept": MANIFEST_LIST_TYPES}, timeout=10)
+    image = session.get(f"{registry}/{amd64.rpartition(':')[2]}", headers={"Accept": IMAGE_MANIFEST_TYPES},
+                        timeout=10)
+    assert original.status_code == image.status_code == 200
+    before = {pi: set(producers_on(pi)) for pi in ("pi1", "pi2")}
+    try:
+        pushed = session.put(f"{registry}/{tag}", data=image.content, timeout=10,
+                             headers={"Content-Type": image.headers["Content-Type"]})
+        assert pushed.status_code == 201, pushed.text
+        now = session.head(f"{registry}/{tag}", headers={"Accept": MANIFEST_LIST_TYPES + ", " + IMAGE_MANIFEST_TYPES},
+                           timeout=10).headers["Docker-Content-Digest"]
+        apps = run_playbook(PROJECT / "playbooks" / "apps.yml")
+        spec = on_node("manager", "docker", "service", "inspect", "-f",
+                       "{{ .Spec.TaskTemplate.ContainerSpec.Image }}", PRODUCERS)
+        after = {pi: set(producers_on(pi)) for pi in ("pi1", "pi2")}
+        images = run_playbook(PROJECT / "playbooks" / "images.yml")
+    finally:
+        restored = session.put(f"{registry}/{tag}", data=original.content, timeout=10,
+                               headers={"Content-Type": original.headers["Content-Type"]})
+    again = run_playbook(PROJECT / "playbooks" / "images.yml")
+    record("a tag pushed over in the registry", tag=ref, published=digest, pushed_over_with=now,
+           apps_rc=apps.returncode, apps_changed=recap(apps.stdout).get("manager", {}).get("changed"),
+           producers_replaced=before != after, images_rc=images.returncode, restored_digest=restored.headers.get(
+               "Docker-Content-Digest"), images_rc_after_restore=again.returncode)
+    assert now != digest
+    assert apps.returncode == 0 and recap(apps.stdout)["manager"]["changed"] == 0, apps.stdout[-2000:]
+    assert spec.endswith(f"@{digest}"), spec
+    assert after == before
+    assert images.returncode != 0 and f"{ref} names {now}, not {digest}" in images.stdout, images.stdout[-2000:]
+    assert restored.status_code == 201 and restored.headers["Docker-Content-Digest"] == digest
+    assert again.returncode == 0, again.stdout[-2000:]

@@ -60,28 +60,57 @@ def test_container_on_host_network(host):
     assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
 
 
-def test_agent_runs_as_image_user(host):
-    """The agent is /bin/consul run directly as the image's consul user, which owns the data directory.
+def system_account(host, name):
+    """(uid, gid, shell) of a host account, from the node's passwd."""
+    _, _, uid, gid, _, _, shell = host.check_output(f"getent passwd {name}").split(":")
+    return int(uid), int(gid), shell
+
+
+def test_agent_runs_as_a_system_account_read_only(host):
+    """The agent is /bin/consul run directly as the host's `consul` system account (not
+    the image's 100:1000: gid 1000 is the first person's group on Raspberry Pi OS),
+    which owns the data directory; read-only root, no capabilities.
 
     The image's own entry point (dumb-init, docker-entrypoint.sh, su-exec) is bypassed:
     it cannot run as a non-root user with a read-only config mount.
     """
     image_id = host.check_output("docker run --rm --entrypoint id hashicorp/consul:1.8.7 consul")
-    assert image_id.startswith("uid=100(consul) gid=1000(consul)")
+    assert image_id.startswith("uid=100(consul) gid=1000(consul)")  # what the role does not use
+    uid, gid, shell = system_account(host, "consul")
+    assert uid < 1000 and gid < 1000 and shell == "/usr/sbin/nologin"
     info = json.loads(host.check_output("docker inspect consul"))[0]
-    assert info["Config"]["User"] == "100:1000"
+    assert info["Config"]["User"] == f"{uid}:{gid}"
     assert info["Config"]["Entrypoint"] == ["/bin/consul"]
     assert info["Config"]["Cmd"] == ["agent", "-config-dir=/consul/config"]
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    assert info["HostConfig"]["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
+    status = host.check_output("docker exec consul cat /proc/1/status")
+    assert "CapEff:\t0000000000000000" in status
     data = host.file("/var/lib/consul")
-    assert (data.uid, data.gid) == (100, 1000)
+    assert (data.uid, data.gid) == (uid, gid)
+    owners = host.check_output("find /var/lib/consul -printf '%u:%g\\n' | sort -u").split()
+    assert owners == ["consul:consul"]
     assert host.file("/var/lib/consul/node-id").exists
 
 
-def test_config_not_world_readable(host):
-    """The configuration (gossip key, tokens) is readable by root and the agent's group only."""
+def test_no_secret_readable_by_a_persons_group(host):
+    """The configuration (gossip key, tokens) and the TLS files are readable by root and
+    the agent's system group only: no group a person is in (gid >= 1000), nobody else."""
+    _, gid, _ = system_account(host, "consul")
     config = host.file("/etc/consul.d/consul.hcl")
     assert config.mode == 0o640
-    assert (config.uid, config.gid) == (0, 1000)
+    assert (config.uid, config.gid) == (0, gid)
+    public = ("/etc/consul.d/tls/ca.pem", "/etc/consul.d/tls/server.pem")  # certificates: 0644 on purpose
+    listing = host.check_output("find /etc/consul.d /etc/consul-ca -printf '%p %G %m\\n' 2>/dev/null || true")
+    checked = 0
+    for line in listing.splitlines():
+        path, group, mode = line.split()
+        assert group in ("root", "consul"), line
+        if path not in public and not path.endswith("/ca.pem"):
+            assert int(mode, 8) & 0o007 == 0, line
+            checked += 1
+    assert checked >= 2  # at least consul.d and consul.hcl
 
 
 def test_management_token_only_on_servers(host, tokens):
