@@ -73,10 +73,14 @@ def wait_for(what: str, probe, timeout: float = 30) -> str:
 # --- hashicorp/consul:1.8.7 ---------------------------------------------------------
 
 
+# The host's `consul` system account that roles/consul_kv creates (a system id, below 1000).
+ROLE_UID = ROLE_GID = 999
+
+
 @pytest.fixture
 def consul_dirs(tmp_path):
-    """Host directories as roles/consul_kv prepares them: config root:1000 0750 (file
-    0640), data 100:1000 0750; a single-server configuration without ACLs."""
+    """Host directories as roles/consul_kv prepares them: config root:consul 0750 (file
+    0640), data consul:consul 0750; a single-server configuration without ACLs."""
     need_root()
     config, data = tmp_path / "config", tmp_path / "data"
     config.mkdir()
@@ -85,11 +89,11 @@ def consul_dirs(tmp_path):
         'data_dir = "/consul/data"\nserver = true\nbootstrap_expect = 1\n'
         'bind_addr = "127.0.0.1"\nclient_addr = "127.0.0.1"\ndisable_update_check = true\n'
     )
-    os.chown(config, 0, 1000)
-    os.chown(config / "consul.hcl", 0, 1000)
+    os.chown(config, 0, ROLE_GID)
+    os.chown(config / "consul.hcl", 0, ROLE_GID)
     os.chmod(config, 0o750)
     os.chmod(config / "consul.hcl", 0o640)
-    os.chown(data, 100, 1000)
+    os.chown(data, ROLE_UID, ROLE_GID)
     os.chmod(data, 0o750)
     return [f"{config}:/consul/config:ro", f"{data}:/consul/data"]
 
@@ -135,24 +139,25 @@ def test_consul_default_runs_agent_as_consul_under_dumb_init(container):
 
 
 def test_consul_old_role_way_fails_like_docker_hub(consul_dirs):
-    """The role's old way, user 100:1000 through the image's entry point with a read-only
-    config mount, fails: the entry point's chown of /consul/config stops it (set -e), as
-    with HashiCorp's image."""
+    """The role's old way, a non-root user through the image's entry point with a
+    read-only config mount, fails: the entry point's chown of /consul/config stops it
+    (set -e), as with HashiCorp's image."""
     need(CONSUL)
     volumes = sum((["-v", v] for v in consul_dirs), [])
-    proc = docker("run", "--rm", "--user", "100:1000", *volumes, CONSUL, "agent", "-config-dir=/consul/config",
+    proc = docker("run", "--rm", "--user", f"{ROLE_UID}:{ROLE_GID}", *volumes, CONSUL, "agent", "-config-dir=/consul/config",
                   check=False, timeout=30)
     assert proc.returncode != 0
     assert "chown" in proc.stderr and ("Read-only file system" in proc.stderr or "not permitted" in proc.stderr)
 
 
 def test_consul_role_way_runs(consul_dirs, container):
-    """The role's way (entrypoint /bin/consul, user 100:1000, read-only config) starts a
-    server that elects itself leader."""
+    """The role's way (entrypoint /bin/consul, the host's system account, read-only config
+    and root, no capabilities) starts a server that elects itself leader."""
     need(CONSUL)
     name = container()
     volumes = sum((["-v", v] for v in consul_dirs), [])
-    docker("run", "-d", "--name", name, "--network", "none", "--user", "100:1000", "--entrypoint", "/bin/consul",
+    docker("run", "-d", "--name", name, "--network", "none", "--user", f"{ROLE_UID}:{ROLE_GID}",
+           "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "/bin/consul",
            *volumes, CONSUL, "agent", "-config-dir=/consul/config")
 
     def probe():
@@ -160,7 +165,7 @@ def test_consul_role_way_runs(consul_dirs, container):
         return "leader" in proc.stdout, proc.stdout + proc.stderr
 
     wait_for("a raft leader", probe, timeout=30)
-    assert docker("exec", name, "id", "-u").stdout.strip() == "100"
+    assert docker("exec", name, "id", "-u").stdout.strip() == str(ROLE_UID)
 
 
 # --- registry:2.8.3 -----------------------------------------------------------------

@@ -102,7 +102,7 @@ def test_no_secret_readable_by_a_persons_group(host):
     assert config.mode == 0o640
     assert (config.uid, config.gid) == (0, gid)
     public = ("/etc/consul.d/tls/ca.pem", "/etc/consul.d/tls/server.pem")  # certificates: 0644 on purpose
-    listing = host.check_output("find /etc/consul.d /etc/consul-ca -printf '%p %G %m\\n' 2>/dev/null || true")
+    listing = host.check_output("find /etc/consul.d /etc/consul-ca -printf '%p %g %m\\n' 2>/dev/null || true")
     checked = 0
     for line in listing.splitlines():
         path, group, mode = line.split()
