@@ -25,7 +25,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 ROLE_SCENARIOS ?= docker_engine consul_kv overlay_net private_registry
 SCENARIOS ?= $(ROLE_SCENARIOS) cluster
 
-.PHONY: help secrets setup host venv apps-venv images bench bench-ansible lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
+.PHONY: help secrets setup host venv apps-venv lock images bench bench-ansible lint test test-fast test-roles test-apps test-apps-fast test-molecule molecule-% lab lab-down clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ $(VENV)/.apps-stamp: $(VENV)/.stamp $(foreach a,$(APPS),apps/$(a)/pyproject.toml
 	@touch $@
 
 setup: host venv ## host + venv
+
+# On purpose only (PyPI from this machine): review the diff and commit the lock alone.
+lock: ## Re-resolve the images' third-party wheels on PyPI into apps/requirements.lock (hashes)
+	@python3 apps/lock-wheelhouse.py
 
 images: host ## Build the lab images and seed the lab mirror (cached by recipe; arm64 takes minutes the first time)
 	@bash lab/build-images.sh all amd64 arm64

@@ -5,9 +5,12 @@
 #
 #   apps/build-wheelhouse.sh x86_64|aarch64      (amd64 / arm64 are accepted as aliases)
 #
-# * third-party dependencies: `pip download --only-binary=:all:` for CPython 3.13 on
-#   manylinux (some, e.g. MarkupSafe and charset-normalizer, have per-arch wheels);
-# * pip itself (the build stage runs pip from its wheel: Debian's python3 has no pip);
+# * third-party dependencies and pip itself (the build stage runs pip from its wheel:
+#   Debian's python3 has no pip): exactly the files of apps/requirements.lock, for
+#   CPython 3.13 on manylinux (some, e.g. MarkupSafe and charset-normalizer, have
+#   per-arch wheels). `pip download --require-hashes --no-deps`: nothing is resolved
+#   here, and a file whose sha256 is not in the lock (changed or substituted on PyPI)
+#   fails the build. apps/lock-wheelhouse.py writes the lock, on purpose;
 # * our own packages: `pip wheel --no-deps`.
 #
 # Env: PYTHON (default python3) - the host interpreter whose pip is used.
@@ -22,15 +25,16 @@ case "$arch" in
 esac
 py="${PYTHON:-python3}"
 out="$here/.wheelhouse/$arch"
-deps=(flask requests circuitbreaker prometheus-client gunicorn pip)
+lock="$here/requirements.lock"
 
 rm -rf "$out"
 mkdir -p "$out"
-echo "[wheelhouse] third-party wheels for cp313 manylinux $arch -> $out" >&2
+echo "[wheelhouse] third-party wheels of $lock for cp313 manylinux $arch -> $out" >&2
 "$py" -m pip download --disable-pip-version-check -q \
+  --require-hashes --no-deps -r "$lock" \
   --only-binary=:all: --implementation cp --python-version 3.13 \
   --platform "manylinux2014_$arch" --platform "manylinux_2_28_$arch" \
-  -d "$out" "${deps[@]}"
+  -d "$out"
 
 echo "[wheelhouse] our packages" >&2
 pkgs=("$here/weather_common" "$here/weather_producer" "$here/fake_owm")

@@ -14,9 +14,10 @@ Prints one JSON object:
                 "arches": {"amd64": "0.1.0-<hash>-amd64", "arm64": "0.1.0-<hash>-arm64"}}]}
 
 An image's hash covers what ends up in it: the files of weather_common and of the app
-(its package and pyproject.toml; not its tests), apps/Dockerfile (shared by the three
-apps: a change to it rebuilds them all), the names of the wheels in .wheelhouse/<arch>/
-(the third-party versions) and the base image. Same inputs, same tag: an unchanged app
+(its package and pyproject.toml; not its tests), apps/Dockerfile and apps/requirements.lock
+(the third-party wheels' versions and hashes; both shared by the three apps: a change to
+either rebuilds them all), the names of the wheels in .wheelhouse/<arch>/ and the base
+image. Same inputs, same tag: an unchanged app
 is never rebuilt. Read-only: it changes nothing.
 
 Each app also gets a multi-architecture tag (a manifest list over its images, one per
@@ -24,7 +25,8 @@ architecture): <version>-<hash of the per-architecture tags>, so it changes exac
 one of them does. A node that pulls it gets the image of its own architecture.
 
 A wheelhouse is current when it has wheels and its stamp (.weather-app-sources, written by
-the role after apps/build-wheelhouse.sh) matches the hash of all our packages' sources.
+the role after apps/build-wheelhouse.sh) matches the hash of all our packages' sources and
+of the lock: a new lock (apps/lock-wheelhouse.py) makes every wheelhouse stale.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 
 STAMP = ".weather-app-sources"
 DOCKERFILE = "Dockerfile"  # apps/Dockerfile: every app's image
+LOCK = "requirements.lock"  # apps/requirements.lock: the third-party wheels of every image
 COMMON = "weather_common"
 ARCH_TO_WHEEL = {"amd64": "x86_64", "arm64": "aarch64"}
 # Never in an image (tests, caches, build leftovers of editable installs).
@@ -94,13 +97,16 @@ def main() -> None:
     for directory in [COMMON, *apps.values()]:
         if not (apps_dir / directory / "pyproject.toml").is_file():
             sys.exit(f"{apps_dir / directory} has no pyproject.toml: is weather_images_apps_dir right?")
-    if not (apps_dir / DOCKERFILE).is_file():
-        sys.exit(f"{apps_dir / DOCKERFILE} is missing: is weather_images_apps_dir right?")
+    for name in (DOCKERFILE, LOCK):
+        if not (apps_dir / name).is_file():
+            sys.exit(f"{apps_dir / name} is missing: is weather_images_apps_dir right?")
 
-    # Our packages' sources, as the wheels in every wheelhouse were built from them.
+    # Our packages' sources, as the wheels in every wheelhouse were built from them, and
+    # the lock the third-party wheels were downloaded by.
     sources = hashlib.sha256()
     for directory in [COMMON, *sorted(apps.values())]:
         hash_files(sources, apps_dir, package_files(apps_dir / directory))
+    hash_files(sources, apps_dir, [apps_dir / LOCK])
     sources_hash = sources.hexdigest()
 
     wheelhouse = {}
@@ -124,7 +130,7 @@ def main() -> None:
         digest = hashlib.sha256()
         hash_files(digest, apps_dir, package_files(apps_dir / COMMON))
         hash_files(digest, apps_dir, package_files(apps_dir / directory))
-        hash_files(digest, apps_dir, [apps_dir / DOCKERFILE])
+        hash_files(digest, apps_dir, [apps_dir / DOCKERFILE, apps_dir / LOCK])
         digest.update(b"wheels:" + "\n".join(wheel_names(apps_dir / ".wheelhouse" / wheel_arch)).encode() + b"\n")
         digest.update(b"base:" + args.base_image.encode() + b"\n")
         short = digest.hexdigest()[:12]
