@@ -42,7 +42,7 @@ def need(image: str) -> None:
 
 def need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("preparing host directories owned by uid 100 / 1001 needs root")
+        pytest.skip("preparing host directories owned by other uids needs root")
 
 
 @pytest.fixture
@@ -194,16 +194,23 @@ def test_registry_entrypoint_dispatch():
     assert docker("run", "--rm", REGISTRY, "sh", "-c", "echo as-given").stdout.strip() == "as-given"
 
 
+# The host's `private-registry` system account that roles/private_registry creates (a
+# system id, below 1000).
+REGISTRY_UID = REGISTRY_GID = 998
+
+
 def test_registry_role_way_runs(tmp_path, container):
-    """The private_registry role's way: entrypoint /bin/registry, `serve <config>`, user
-    1001:1001, data owned by it; the API answers and the healthcheck's wget works."""
+    """The private_registry role's way: entrypoint /bin/registry, `serve <config>`, the
+    host's system account, read-only, no capabilities, data owned by it; the API answers,
+    an upload lands in the data directory (no tmpfs needed), the healthcheck's wget works."""
     need(REGISTRY)
     need_root()
     data = tmp_path / "data"
     data.mkdir()
-    os.chown(data, 1001, 1001)
+    os.chown(data, REGISTRY_UID, REGISTRY_GID)
     name = container()
-    docker("run", "-d", "--name", name, "--network", "none", "--user", "1001:1001", "--entrypoint", "/bin/registry",
+    docker("run", "-d", "--name", name, "--network", "none", "--user", f"{REGISTRY_UID}:{REGISTRY_GID}",
+           "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "/bin/registry",
            "-v", f"{data}:/var/lib/registry", REGISTRY, "serve", "/etc/docker/registry/config.yml")
 
     def probe():
@@ -211,6 +218,12 @@ def test_registry_role_way_runs(tmp_path, container):
         return proc.returncode == 0, proc.stdout + proc.stderr
 
     assert wait_for("the registry's /v2/", probe, timeout=20).strip() == "{}"
+    # Starting an upload writes into the storage (repositories/<name>/_uploads/).
+    docker("exec", name, "wget", "-q", "-O", "/dev/null", "--post-data", "",
+           "http://127.0.0.1:5000/v2/lab/probe/blobs/uploads/")
+    uploads = list(data.glob("docker/registry/v2/repositories/lab/probe/_uploads/*"))
+    assert uploads
+    assert all(p.stat().st_uid == REGISTRY_UID for p in uploads)
 
 
 # --- python:3.13-slim-trixie --------------------------------------------------------

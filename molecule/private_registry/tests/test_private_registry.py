@@ -15,7 +15,16 @@ CONTAINER = "private-registry"
 CA = "/etc/private-registry/ca/ca.crt"
 CA_KEY = "/etc/private-registry/ca/ca.key"
 SERVER_CERT = "/etc/private-registry/tls/server.crt"
+SERVER_KEY = "/etc/private-registry/tls/server.key"
 HTPASSWD = "/etc/private-registry/auth/htpasswd"
+CONFIG = "/etc/private-registry/config.yml"
+CONFIG_DIR = "/etc/private-registry"
+DATA_DIR = "/var/lib/private-registry"
+# The files that must stay secret: keys, the password hash, the configuration.
+SECRETS = [CA_KEY, SERVER_KEY, HTPASSWD, CONFIG]
+ACCOUNT = "private-registry"  # private_registry_user / private_registry_group
+# The first ids Debian and Raspberry Pi OS give to people (adduser's FIRST_UID/FIRST_GID).
+FIRST_HUMAN_ID = 1000
 CERTS_D_CA = f"/etc/docker/certs.d/{REGISTRY}/ca.crt"
 SOURCE = "busybox:1.37.0"  # served by the lab mirror (manifest list amd64 + arm64)
 PUSHED = f"{REGISTRY}/lab/busybox:test"
@@ -48,6 +57,22 @@ def manager():
 @pytest.fixture(scope="module")
 def worker():
     return _node(WORKER)
+
+
+@pytest.fixture(scope="module")
+def account(manager):
+    """The registry's account as the manager's passwd and group databases know it."""
+    user = manager.user(ACCOUNT)
+    assert user.exists
+    return {"uid": user.uid, "gid": manager.group(ACCOUNT).gid, "user": user}
+
+
+@pytest.fixture(scope="module")
+def registry_process(manager):
+    """/proc/<pid>/status of the registry's main process, as fields."""
+    pid = manager.check_output(f"docker inspect -f '{{{{.State.Pid}}}}' {CONTAINER}")
+    status = manager.file(f"/proc/{pid}/status").content_string
+    return dict(line.split(":", 1) for line in status.splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -142,15 +167,59 @@ def test_server_cert_is_for_servers_only(manager):
     assert "TLS Web Server Authentication" in out
 
 
-def test_registry_container_hardened(manager):
-    """The registry runs as the non-root uid 1001, restarts unless stopped, config read-only."""
+def test_registry_account_is_a_system_account(manager, account):
+    """The registry's account is a system account: uid and gid below the human range, no
+    home, no login shell, in its own group only, and no one else is in that group."""
+    assert 0 < account["uid"] < FIRST_HUMAN_ID
+    assert 0 < account["gid"] < FIRST_HUMAN_ID
+    assert account["user"].gid == account["gid"]
+    assert account["user"].shell == "/usr/sbin/nologin"
+    assert account["user"].home == "/nonexistent"
+    assert account["user"].groups == [ACCOUNT]
+    assert manager.group(ACCOUNT).members == []
+
+
+def test_registry_container_hardened(manager, account):
+    """The registry runs as its system account, restarts unless stopped, config read-only."""
     info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
     assert info["State"]["Running"]
-    assert info["Config"]["User"] == "1001:1001"
+    assert info["Config"]["User"] == f"{account['uid']}:{account['gid']}"
     assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/etc/docker/registry/config.yml"]["RW"] is False
-    assert mounts["/var/lib/registry"]["Source"] == "/var/lib/private-registry"
+    assert mounts["/var/lib/registry"]["Source"] == DATA_DIR
+
+
+def test_registry_process_runs_as_the_account(registry_process, account):
+    """The registry's process itself (seen from the host) has the account's uid and gid,
+    real, effective, saved and filesystem, and no group besides its own."""
+    assert registry_process["Uid"].split() == [str(account["uid"])] * 4
+    assert registry_process["Gid"].split() == [str(account["gid"])] * 4
+    # Docker lists the primary group as the one supplementary group.
+    assert registry_process["Groups"].split() == [str(account["gid"])]
+
+
+def test_registry_has_no_capabilities(manager, registry_process):
+    """Every capability is dropped (even from the bounding set) and exec cannot gain any."""
+    info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
+    assert info["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not info["HostConfig"]["CapAdd"]
+    assert "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
+    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(registry_process[field], 16) == 0, field
+    assert registry_process["NoNewPrivs"].strip() == "1"
+
+
+def test_registry_root_is_read_only(manager):
+    """The container's root file system is read-only: writing outside the data directory
+    fails, writing is left to the registry's own storage."""
+    info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    for path in ("/probe", "/etc/probe", "/etc/docker/registry/probe"):
+        cmd = manager.run(f"docker exec {CONTAINER} touch {path}")
+        assert cmd.rc != 0, path
+        assert "Read-only file system" in cmd.stderr, path
+    manager.run_test(f"docker exec {CONTAINER} sh -c 'touch /var/lib/registry/probe && rm /var/lib/registry/probe'")
 
 
 def test_registry_healthy(manager):
@@ -163,22 +232,74 @@ def test_registry_healthy(manager):
     pytest.fail(f"registry health: {status}")
 
 
-def test_data_dir_owned_by_registry_user(manager):
-    """The host directory with the image data belongs to the registry's uid."""
-    data = manager.file("/var/lib/private-registry")
+def test_data_belongs_to_the_registry_account(manager, account, pushed):
+    """The image data directory and everything in it (what earlier versions of the role
+    left owned by uid 1001, converge.yml's seed, and what the registry wrote since)
+    belong to the registry's account; the directory is closed to others."""
+    data = manager.file(DATA_DIR)
     assert data.is_directory
-    assert data.uid == 1001
+    assert (data.uid, data.gid) == (account["uid"], account["gid"])
     assert data.mode == 0o750
+    seed = manager.file(f"{DATA_DIR}/upgrade-seed")
+    assert seed.exists
+    assert (seed.uid, seed.gid) == (account["uid"], account["gid"])
+    # The pushed image is stored under the account's ids too.
+    assert manager.check_output(f"find {DATA_DIR} -path '*/repositories/lab/busybox*' | head -1")
+    foreign = manager.check_output(f"find {DATA_DIR} ! -uid {account['uid']} -o ! -gid {account['gid']}")
+    assert foreign == ""
 
 
-def test_htpasswd_holds_a_bcrypt_hash(manager, credentials):
+def test_htpasswd_holds_a_bcrypt_hash(manager, credentials, account):
     """The htpasswd file has the user's bcrypt hash, not the password, and only the registry can read it."""
     user, password = credentials
     htpasswd = manager.file(HTPASSWD)
     assert htpasswd.mode == 0o640
-    assert htpasswd.gid == 1001
+    assert htpasswd.user == "root"
+    assert htpasswd.gid == account["gid"]
     assert htpasswd.content_string.startswith(f"{user}:$2b$12$")
     assert password not in htpasswd.content_string
+
+
+@pytest.mark.parametrize("path", SECRETS)
+def test_secret_not_readable_by_people_or_others(manager, path):
+    """No secret is readable by others, nor through a group of the human range (gid >=
+    1000); its owner is root."""
+    secret = manager.file(path)
+    assert secret.is_file
+    assert secret.user == "root"
+    assert secret.mode & 0o007 == 0
+    if secret.mode & 0o040:
+        assert secret.gid < FIRST_HUMAN_ID
+
+
+def test_no_file_in_the_configuration_open_to_people(manager):
+    """Nothing under the configuration directory belongs to, or is group-readable by,
+    an id of the human range (what uid/gid 1001 was)."""
+    found = manager.check_output(
+        f"find {CONFIG_DIR} -uid +{FIRST_HUMAN_ID - 1} -o -gid +{FIRST_HUMAN_ID - 1} -perm -g=r"
+    )
+    assert found == ""
+
+
+@pytest.mark.parametrize("human", ["1000:1000", "1001:1001"])
+def test_human_accounts_cannot_read_the_secrets(manager, account, human):
+    """The first human accounts of a Debian or Raspberry Pi OS host (uid/gid 1000 and
+    1001) cannot read the key, htpasswd or configuration; the registry's account can
+    (so the check itself can tell the two apart)."""
+    registry = f"{account['uid']}:{account['gid']}"
+    for path in SECRETS:
+        if path == CA_KEY:
+            continue  # root only: not even the registry reads it
+        assert _readable_as(manager, registry, path), path
+    for path in SECRETS:
+        assert not _readable_as(manager, human, path), (human, path)
+
+
+def _readable_as(node, ids, path):
+    """Whether uid:gid (no supplementary groups) can open the file for reading."""
+    uid, gid = ids.split(":")
+    cmd = node.run(f"setpriv --reuid={uid} --regid={gid} --clear-groups head -c1 {path} >/dev/null")
+    return cmd.rc == 0
 
 
 def test_plain_http_refused(worker):
