@@ -10,6 +10,7 @@
 # directory listing, so the order (site.yml's tier order) is kept here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p .cache
 
 destroy_nodes() { molecule destroy -s default >/dev/null 2>&1 || true; }
 
@@ -34,11 +35,21 @@ declare -a summary
 for scenario in "$@"; do
   echo "[molecule] scenario $scenario: start $(date +%H:%M:%S)"
   start=$SECONDS
-  if molecule test -s "$scenario" --destroy never; then result=passed; else result=FAILED; status=1; fi
+  log=.cache/molecule-$scenario.log junit=$PWD/.cache/junit-$scenario.xml
+  rm -f "$junit"
+  if PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --junitxml=$junit" molecule test -s "$scenario" --destroy never 2>&1 | tee "$log"; then result=passed; else result=FAILED; status=1; fi
   summary+=("$scenario: $result in $(( SECONDS - start )) s")
   echo "[molecule] scenario $scenario: $result in $(( SECONDS - start )) s"
   [ "$status" = 0 ] || break
 done
 summary+=("all: $(( SECONDS - total )) s")
+# A CI log keeps only its last lines: repeat what failed (the verifier's failed tests,
+# a playbook's failed tasks) where it will be read.
+if [ "$status" != 0 ]; then
+  echo "[molecule] what failed in $scenario (whole output: $log):"
+  sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^ *│ *//' "$log" | grep -E -A1 '^(fatal|failed): \[' | grep -v -- '^--$' \
+    | cut -c1-300 | tail -n 12 || true
+  [ ! -f "$junit" ] || python3 scripts/failed-tests.py "$junit"
+fi
 printf '[molecule] %s\n' "${summary[@]}"
 exit "$status"
