@@ -423,14 +423,22 @@ def record(fault: str, **figures) -> None:
     print(f"[resilience] {fault}: {figures}")
 
 
+# Settings a test changed, as a user changes the inventory (test_cluster's rolling
+# update): every later playbook run of the session passes them, before its own -e, so
+# that a run without them does not change the stack back (a rolling update of its own).
+CHANGED_SETTINGS: dict = {}
+
+
 def run_playbook(playbook: Path, *args: str, inventories: list[str] | None = None,
                  timeout: float = 3600) -> subprocess.CompletedProcess:
-    """ansible-playbook with Molecule's configuration (the verifier's environment)."""
+    """ansible-playbook with Molecule's configuration (the verifier's environment) and
+    the settings the tests changed so far."""
     inventory = [os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])]
     argv = [str(Path(sys.executable).parent / "ansible-playbook")]
     for inv in inventory + (inventories or []):
         argv += ["-i", inv]
-    argv += [str(playbook), *args]
+    changed = ["-e", json.dumps(CHANGED_SETTINGS)] if CHANGED_SETTINGS else []
+    argv += [str(playbook), *changed, *args]
     # Only changed and failed results are printed, so a failed assertion shows what
     # changed; the whole output is kept next to the resilience figures.
     env = {**os.environ, "ANSIBLE_DISPLAY_OK_HOSTS": "false", "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false"}
@@ -439,6 +447,17 @@ def run_playbook(playbook: Path, *args: str, inventories: list[str] | None = Non
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(run.stdout + run.stderr)
     return run
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The tasks of an ansible-playbook run that reported a change, as `host: TASK [...]`."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            task = line.rstrip("* ")
+        elif line.startswith("changed: ["):
+            found.append(f"{line.split(']')[0][10:]}: {task}")
+    return found
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from cluster import (NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, Load, consul_get, inventory_value, node_ip,
-                     on_node, producers_on, recap, record, run_playbook, sh, wait_for)
+from cluster import (NETWORK, PRODUCER_APP, PRODUCERS, PROJECT, Consumer, Load, changed_tasks, consul_get,
+                     inventory_value, node_ip, on_node, producers_on, recap, record, run_playbook, sh, wait_for)
 
 ROGUE_IMAGE = "weather-lab/consul:1.8.7-amd64"  # what the nodes run as hashicorp/consul:1.8.7 (lab/mirror.sh)
 NODES = ["manager", "pi1", "pi2"]
@@ -326,7 +326,8 @@ def test_a_tag_pushed_over_in_the_registry_changes_nothing_deployed():
            producers_replaced=before != after, images_rc=images.returncode, restored_digest=restored.headers.get(
                "Docker-Content-Digest"), images_rc_after_restore=again.returncode)
     assert now != digest
-    assert apps.returncode == 0 and recap(apps.stdout)["manager"]["changed"] == 0, apps.stdout[-2000:]
+    assert apps.returncode == 0 and recap(apps.stdout)["manager"]["changed"] == 0, \
+        (changed_tasks(apps.stdout), apps.stdout[-2000:])
     assert spec.endswith(f"@{digest}"), spec
     assert after == before
     # ansible-playbook prints a failed task's message on stderr, folded at 80 columns by
