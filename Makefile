@@ -61,9 +61,10 @@ images: host ## Build the lab images and seed the lab mirror (cached by recipe; 
 # The lab's secrets (fresh random values, git-ignored), under the vault_* names of
 # production's vault file. Molecule's inventory links to the same file.
 LAB_VAULT := inventory/lab/group_vars/all/30-vault.yml
-secrets: $(LAB_VAULT) ## Generate the lab's secrets once (kept afterwards)
-$(LAB_VAULT):
-	@python3 lab/make-secrets.py $@
+# lab/make-secrets.py runs each time: it keeps an existing file and only appends a
+# secret a newer version needs.
+secrets: ## Generate the lab's secrets once (kept afterwards; new ones appended)
+	@python3 lab/make-secrets.py $(LAB_VAULT)
 
 lint: venv secrets ## yamllint + ansible-lint (production profile)
 	@echo "[lint] yamllint"; yamllint --strict .

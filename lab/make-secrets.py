@@ -4,7 +4,7 @@
 Fresh random values per machine (gossip key, Consul ACL tokens, registry password, a
 dummy OpenWeatherMap key the lab's fake accepts). The file is git-ignored and never
 printed; an existing file is kept, so `make lab` can be run again without changing the
-cluster's credentials. The names are those of production's vault file
+cluster's credentials: a secret a newer version needs is appended to it. The names are those of production's vault file
 (inventory/production/group_vars/all/vault.yml.example, encrypted with ansible-vault
 there): the lab runs production's group_vars, which read the vault_* values.
 """
@@ -27,6 +27,7 @@ vault_consul_kv_app_tokens:
   producer: "{producer}"
   consumer: "{consumer}"
 vault_private_registry_password: "{registry}"
+vault_private_registry_pull_password: "{registry_pull}"
 vault_weather_app_owm_api_key: "{owm}"
 """
 
@@ -50,20 +51,51 @@ def old_values(old: str) -> dict | None:
     return values if len(values) == len(OLD_KEYS) else None
 
 
-def main(path: str) -> int:
-    if os.path.exists(path):
-        print(f"[lab] secrets: keeping {path}")
-        return 0
-    old = os.path.join(os.path.dirname(path), OLD)
-    values = old_values(old) or {
+def fresh_values() -> dict:
+    return {
         "gossip": base64.b64encode(secrets.token_bytes(32)).decode(),
         "management": str(uuid.uuid4()),
         "agent": str(uuid.uuid4()),
         "producer": str(uuid.uuid4()),
         "consumer": str(uuid.uuid4()),
         "registry": secrets.token_urlsafe(24),
+        "registry_pull": secrets.token_urlsafe(24),
         "owm": secrets.token_hex(16),
     }
+
+
+def top_level_entries(text: str) -> dict:
+    """{key: its lines} for each top-level `key:` of a flat YAML file."""
+    entries, key = {}, None
+    for line in text.splitlines(keepends=True):
+        if line[:1].isalpha():
+            key = line.partition(":")[0]
+            entries[key] = ""
+        if key is not None:
+            entries[key] += line
+    return entries
+
+
+def add_missing(path: str) -> list:
+    """Append the secrets of TEMPLATE that an existing file lacks; return their names."""
+    with open(path) as f:
+        present = top_level_entries(f.read())
+    missing = {key: lines for key, lines in top_level_entries(TEMPLATE.format(**fresh_values())).items()
+               if key not in present}
+    if missing:
+        with open(path, "a") as out:
+            out.write("".join(missing.values()))
+    return list(missing)
+
+
+def main(path: str) -> int:
+    if os.path.exists(path):
+        added = add_missing(path)
+        print(f"[lab] secrets: keeping {path}" + (f", added {', '.join(added)}" if added else ""))
+        return 0
+    old = os.path.join(os.path.dirname(path), OLD)
+    values = fresh_values()
+    values.update(old_values(old) or {})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(TEMPLATE.format(**values))

@@ -16,6 +16,7 @@ They run last (after test_inputs.py) on the manager and the two Pis.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -33,6 +34,7 @@ ROGUE_IMAGE = "weather-lab/consul:1.8.7-amd64"  # what the nodes run as hashicor
 NODES = ["manager", "pi1", "pi2"]
 ZIPS = ["10001", "94103", "60601"]
 REGISTRY_PORT = 5443  # private_registry_port
+PULL_REGISTRY_PORT = 5444  # private_registry_pull_port
 DATA = "/tmp/rogue-data"  # the rogue agent's data directory, in its container
 
 
@@ -166,8 +168,8 @@ def test_a_rogue_agent_with_stolen_app_tokens_reads_and_registers_nothing(secret
 
 def test_the_lan_reaches_no_api_without_credentials():
     """From the LAN (this machine is on the nodes' network): Consul's HTTP API and
-    Docker's API listen on no node's LAN address, and the registry lets nobody read or
-    push without its login."""
+    Docker's API listen on no node's LAN address, and neither registry (push, pull-only)
+    lets anybody read or push without a login."""
     refused = {}
     for node in NODES:
         address = node_ip(node)
@@ -177,13 +179,57 @@ def test_the_lan_reaches_no_api_without_credentials():
                 refused[f"{node}:{port}"] = False
             except requests.ConnectionError:
                 refused[f"{node}:{port}"] = True
-    registry = f"https://{node_ip('manager')}:{REGISTRY_PORT}"
-    catalog = requests.get(f"{registry}/v2/_catalog", verify=False, timeout=10)
-    push = requests.post(f"{registry}/v2/weather/weather-producer/blobs/uploads/", verify=False, timeout=10)
+    answers = {}
+    for port in (REGISTRY_PORT, PULL_REGISTRY_PORT):
+        registry = f"https://{node_ip('manager')}:{port}"
+        answers[port] = (requests.get(f"{registry}/v2/_catalog", verify=False, timeout=10).status_code,
+                         requests.post(f"{registry}/v2/weather/weather-producer/blobs/uploads/", verify=False,
+                                       timeout=10).status_code)
     record("a machine on the LAN without credentials", refused=refused,
-           registry_catalog=catalog.status_code, registry_push=push.status_code)
+           registry_catalog_push={str(port): list(codes) for port, codes in answers.items()})
     assert all(refused.values()), refused
-    assert (catalog.status_code, push.status_code) == (401, 401)
+    assert answers == {REGISTRY_PORT: (401, 401), PULL_REGISTRY_PORT: (401, 401)}
+
+
+def docker_logins(node: str) -> dict[str, str]:
+    """{registry address: user} of the logins root's Docker client keeps on the node."""
+    found = on_node(node, "sh", "-c", "cat /root/.docker/config.json 2>/dev/null || echo '{}'")
+    auths = json.loads(found).get("auths", {})
+    return {address: base64.b64decode(entry.get("auth", "")).decode().partition(":")[0]
+            for address, entry in auths.items()}
+
+
+def test_no_node_keeps_a_login_that_can_push():
+    """The push login (the images tier's) stays on no node after site.yml: a Pi taken
+    over finds at most the pull-only login, which is what swarm hands every node for
+    the producers' image. With that login the pull-only registry answers reads and
+    refuses every write (405), and the push registry does not know it (401); the tag
+    the stack runs is unchanged."""
+    registry = json.loads(on_node("manager", "cat", "/etc/ansible/facts.d/private_registry.fact"))
+    logins = {node: docker_logins(node) for node in NODES}
+    pull = (registry["pull_username"], inventory_value("private_registry_pull_password"))
+    published = json.loads(on_node("manager", "cat", "/etc/ansible/facts.d/weather_images.fact"))
+    repo, _, tag = published["multiarch"]["producer"].partition("/")[2].rpartition(":")
+    manager = node_ip("manager")
+    answers = {}
+    for name, port in (("pull", PULL_REGISTRY_PORT), ("push", REGISTRY_PORT)):
+        base = f"https://{manager}:{port}/v2/{repo}"
+        got = requests.get(f"{base}/manifests/{tag}", auth=pull, verify=False, timeout=10,
+                           headers={"Accept": MANIFEST_LIST_TYPES})
+        answers[name] = {
+            "read": got.status_code,
+            "put_tag": requests.put(f"{base}/manifests/{tag}", auth=pull, verify=False, timeout=10, data=got.content,
+                                    headers={"Content-Type": got.headers.get("Content-Type", "")}).status_code,
+            "upload": requests.post(f"{base}/blobs/uploads/", auth=pull, verify=False, timeout=10).status_code}
+    still = requests.head(f"https://{manager}:{PULL_REGISTRY_PORT}/v2/{repo}/manifests/{tag}", auth=pull,
+                          verify=False, timeout=10, headers={"Accept": MANIFEST_LIST_TYPES})
+    record("the registry logins the nodes keep", logins=logins, pull_login_answers=answers)
+    assert all(registry["address"] not in found and registry["username"] not in found.values()
+               for found in logins.values()), logins
+    assert logins["manager"].get(registry["pull_address"]) == registry["pull_username"], logins
+    assert answers == {"pull": {"read": 200, "put_tag": 405, "upload": 405},
+                       "push": {"read": 401, "put_tag": 401, "upload": 401}}, answers
+    assert still.headers["Docker-Content-Digest"] == published["digests"][published["multiarch"]["producer"]]
 
 
 def passing_producers(secrets) -> dict[str, dict[str, dict]]:
@@ -286,7 +332,7 @@ IMAGE_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
 
 
 def test_a_tag_pushed_over_in_the_registry_changes_nothing_deployed():
-    """Someone with the registry's login (a builder Pi holds it) pushes over the
+    """Someone with the push login (the images tier's; no node keeps it) pushes over the
     producers' published multi-architecture tag: the amd64 image alone, which the Pis
     would run under emulation or not at all. The stack pins the digest the images tier
     recorded, so deploying again changes no producer; the images tier refuses to go on

@@ -1,5 +1,6 @@
 """Verify the private_registry role: a TLS + htpasswd registry on the manager (amd64),
-trusted by every node, used by an (emulated) arm64 Pi."""
+and a pull-only one on the same image data, trusted by every node, used by an
+(emulated) arm64 Pi."""
 
 import json
 import os
@@ -12,6 +13,11 @@ MANAGER = "manager"
 WORKER = "pi1"
 REGISTRY = "manager:5443"
 CONTAINER = "private-registry"
+PULL_REGISTRY = "manager:5444"  # private_registry_pull_port
+PULL_CONTAINER = "private-registry-pull"
+CONTAINERS = [CONTAINER, PULL_CONTAINER]
+PULL_HTPASSWD = "/etc/private-registry/auth-pull/htpasswd"
+PULL_CONFIG = "/etc/private-registry/config-pull.yml"
 CA = "/etc/private-registry/ca/ca.crt"
 CA_KEY = "/etc/private-registry/ca/ca.key"
 SERVER_CERT = "/etc/private-registry/tls/server.crt"
@@ -21,13 +27,15 @@ CONFIG = "/etc/private-registry/config.yml"
 CONFIG_DIR = "/etc/private-registry"
 DATA_DIR = "/var/lib/private-registry"
 # The files that must stay secret: keys, the password hash, the configuration.
-SECRETS = [CA_KEY, SERVER_KEY, HTPASSWD, CONFIG]
+SECRETS = [CA_KEY, SERVER_KEY, HTPASSWD, CONFIG, PULL_HTPASSWD, PULL_CONFIG]
 ACCOUNT = "private-registry"  # private_registry_user / private_registry_group
 # The first ids Debian and Raspberry Pi OS give to people (adduser's FIRST_UID/FIRST_GID).
 FIRST_HUMAN_ID = 1000
 CERTS_D_CA = f"/etc/docker/certs.d/{REGISTRY}/ca.crt"
+PULL_CERTS_D_CA = f"/etc/docker/certs.d/{PULL_REGISTRY}/ca.crt"
 SOURCE = "busybox:1.37.0"  # served by the lab mirror (manifest list amd64 + arm64)
 PUSHED = f"{REGISTRY}/lab/busybox:test"
+PULLED = f"{PULL_REGISTRY}/lab/busybox:test"  # the same tag through the pull-only registry
 
 # A tiny HTTP client on the node (the nodes have python3, not curl): prints the
 # status code and the start of the body, or the error.
@@ -37,6 +45,25 @@ ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else N
 try:
     r = urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10)
     print(r.status, r.read(200).decode(errors="replace"))
+except urllib.error.HTTPError as e:
+    print(e.code, e.read(200).decode(errors="replace"))
+"""
+
+# The same with a method and basic auth: the password comes on stdin (never on a
+# command line), the user and an optional body file as arguments.
+AUTH_PROBE = """
+import base64, ssl, sys, urllib.error, urllib.request
+method, url, cafile, user = sys.argv[1:5]
+body = open(sys.argv[5], "rb").read() if len(sys.argv) > 5 else None
+token = base64.b64encode(f"{user}:{sys.stdin.read()}".encode()).decode()
+headers = {"Authorization": f"Basic {token}", "Content-Type": "application/vnd.docker.distribution.manifest.v2+json",
+           "Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+request = urllib.request.Request(url, data=body, method=method, headers=headers)
+try:
+    r = urllib.request.urlopen(request, context=ssl.create_default_context(cafile=cafile), timeout=10)
+    sys.stdout.write(f"{r.status} ")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(r.read())
 except urllib.error.HTTPError as e:
     print(e.code, e.read(200).decode(errors="replace"))
 """
@@ -67,10 +94,16 @@ def account(manager):
     return {"uid": user.uid, "gid": manager.group(ACCOUNT).gid, "user": user}
 
 
-@pytest.fixture(scope="module")
-def registry_process(manager):
+@pytest.fixture(scope="module", params=CONTAINERS)
+def registry(request):
+    """Each registry container: the one the images tier pushes to, the pull-only one."""
+    return request.param
+
+
+@pytest.fixture
+def registry_process(manager, registry):
     """/proc/<pid>/status of the registry's main process, as fields."""
-    pid = manager.check_output(f"docker inspect -f '{{{{.State.Pid}}}}' {CONTAINER}")
+    pid = manager.check_output(f"docker inspect -f '{{{{.State.Pid}}}}' {registry}")
     status = manager.file(f"/proc/{pid}/status").content_string
     return dict(line.split(":", 1) for line in status.splitlines())
 
@@ -84,9 +117,27 @@ def credentials(manager):
     return user, password["private_registry_password"]
 
 
-def _login(node, credentials):
+@pytest.fixture(scope="module")
+def pull_credentials(manager):
+    """The pull-only registry's user and password (the inventory's vaulted value)."""
+    user = manager.ansible.get_variables().get("private_registry_pull_username", "weather-pull")
+    password = manager.ansible("debug", "var=private_registry_pull_password", check=False)
+    return user, password["private_registry_pull_password"]
+
+
+def _login(node, credentials, registry=REGISTRY):
     user, password = credentials
-    node.run_test(f"printf '%s' '{password}' | docker login -u {user} --password-stdin {REGISTRY}")
+    node.run_test(f"printf '%s' '{password}' | docker login -u {user} --password-stdin {registry}")
+
+
+def _call(node, method, url, credentials, body=None):
+    """An authenticated API call from the node: (status, body)."""
+    user, password = credentials
+    registry = url.split("/")[2]
+    args = f"{method} {url} /etc/docker/certs.d/{registry}/ca.crt {user}" + (f" {body}" if body else "")
+    out = node.check_output(f"printf '%s' '{password}' | python3 -c '{AUTH_PROBE}' {args}")
+    status, _, text = out.partition(" ")
+    return int(status), text
 
 
 def _probe(node, url, cafile=None):
@@ -124,9 +175,11 @@ def pushed(manager, credentials):
     return digests[0]
 
 
-def test_ca_installed_on_every_node(host, manager):
-    """Every node trusts the registry's CA at /etc/docker/certs.d/<host:port>/ca.crt."""
-    installed = host.file(CERTS_D_CA)
+@pytest.mark.parametrize("path", [CERTS_D_CA, PULL_CERTS_D_CA])
+def test_ca_installed_on_every_node(host, manager, path):
+    """Every node trusts the registry's CA at /etc/docker/certs.d/<host:port>/ca.crt, for
+    the push and the pull-only address."""
+    installed = host.file(path)
     assert installed.is_file
     assert installed.user == "root"
     assert installed.mode == 0o644
@@ -179,15 +232,17 @@ def test_registry_account_is_a_system_account(manager, account):
     assert manager.group(ACCOUNT).members == []
 
 
-def test_registry_container_hardened(manager, account):
-    """The registry runs as its system account, restarts unless stopped, config read-only."""
-    info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
+def test_registry_container_hardened(manager, account, registry):
+    """Each registry runs as the system account, restarts unless stopped, config read-only,
+    on the same image data: the pull-only one cannot write it."""
+    info = json.loads(manager.check_output(f"docker inspect {registry}"))[0]
     assert info["State"]["Running"]
     assert info["Config"]["User"] == f"{account['uid']}:{account['gid']}"
     assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/etc/docker/registry/config.yml"]["RW"] is False
     assert mounts["/var/lib/registry"]["Source"] == DATA_DIR
+    assert mounts["/var/lib/registry"]["RW"] is (registry == CONTAINER)
 
 
 def test_registry_process_runs_as_the_account(registry_process, account):
@@ -199,9 +254,9 @@ def test_registry_process_runs_as_the_account(registry_process, account):
     assert registry_process["Groups"].split() == [str(account["gid"])]
 
 
-def test_registry_has_no_capabilities(manager, registry_process):
+def test_registry_has_no_capabilities(manager, registry, registry_process):
     """Every capability is dropped (even from the bounding set) and exec cannot gain any."""
-    info = json.loads(manager.check_output(f"docker inspect {CONTAINER}"))[0]
+    info = json.loads(manager.check_output(f"docker inspect {registry}"))[0]
     assert info["HostConfig"]["CapDrop"] == ["ALL"]
     assert not info["HostConfig"]["CapAdd"]
     assert "no-new-privileges" in info["HostConfig"]["SecurityOpt"]
@@ -222,10 +277,10 @@ def test_registry_root_is_read_only(manager):
     manager.run_test(f"docker exec {CONTAINER} sh -c 'touch /var/lib/registry/probe && rm /var/lib/registry/probe'")
 
 
-def test_registry_healthy(manager):
+def test_registry_healthy(manager, registry):
     """Docker's healthcheck (the registry's own /debug/health) reports healthy."""
     for _ in range(30):
-        status = manager.check_output(f"docker inspect -f '{{{{.State.Health.Status}}}}' {CONTAINER}")
+        status = manager.check_output(f"docker inspect -f '{{{{.State.Health.Status}}}}' {registry}")
         if status == "healthy":
             return
         time.sleep(2)
@@ -249,15 +304,17 @@ def test_data_belongs_to_the_registry_account(manager, account, pushed):
     assert foreign == ""
 
 
-def test_htpasswd_holds_a_bcrypt_hash(manager, credentials, account):
-    """The htpasswd file has the user's bcrypt hash, not the password, and only the registry can read it."""
-    user, password = credentials
-    htpasswd = manager.file(HTPASSWD)
-    assert htpasswd.mode == 0o640
-    assert htpasswd.user == "root"
-    assert htpasswd.gid == account["gid"]
-    assert htpasswd.content_string.startswith(f"{user}:$2b$12$")
-    assert password not in htpasswd.content_string
+def test_htpasswd_holds_a_bcrypt_hash(manager, credentials, pull_credentials, account):
+    """Each registry's htpasswd file has its own user's bcrypt hash only, not the
+    password, and only the registry can read it."""
+    for path, (user, password) in ((HTPASSWD, credentials), (PULL_HTPASSWD, pull_credentials)):
+        htpasswd = manager.file(path)
+        assert htpasswd.mode == 0o640
+        assert htpasswd.user == "root"
+        assert htpasswd.gid == account["gid"]
+        assert htpasswd.content_string.startswith(f"{user}:$2b$12$")
+        assert len(htpasswd.content_string.splitlines()) == 1, path
+        assert password not in htpasswd.content_string
 
 
 @pytest.mark.parametrize("path", SECRETS)
@@ -362,4 +419,51 @@ def test_data_survives_registry_restart(manager, worker, credentials, pushed):
 def test_local_facts_published(manager):
     """Other roles can read the registry's address and CA path from local facts."""
     facts = json.loads(manager.file("/etc/ansible/facts.d/private_registry.fact").content_string)
-    assert facts == {"address": REGISTRY, "ca_cert_path": CA, "username": "weather"}
+    assert facts == {"address": REGISTRY, "ca_cert_path": CA, "username": "weather",
+                     "pull_address": PULL_REGISTRY, "pull_username": "weather-pull"}
+
+
+def test_pull_login_pulls_what_was_pushed(worker, pull_credentials, pushed):
+    """The Pi, logged in to the pull-only registry, pulls the tag pushed to the other one
+    at once, with the same digest (one image store)."""
+    _login(worker, pull_credentials, PULL_REGISTRY)
+    _forget_image(worker, PULLED)
+    worker.run_test(f"docker pull {PULLED}")
+    digests = json.loads(worker.check_output(f"docker image inspect -f '{{{{json .RepoDigests}}}}' {PULLED}"))
+    assert f"{PULL_REGISTRY}/lab/busybox@{pushed.partition('@')[2]}" in digests
+
+
+def test_pull_login_cannot_write(worker, pull_credentials, pushed):
+    """With the pull-only login nothing can be written: a manifest put over the tag or a
+    blob upload on the pull-only registry is refused (405), the push registry does not
+    know the user (401), docker push fails, and the tag still names the pushed image."""
+    manifest_url = f"https://{PULL_REGISTRY}/v2/lab/busybox/manifests/test"
+    status, manifest = _call(worker, "GET", manifest_url, pull_credentials)
+    assert status == 200
+    worker.run_test(f"printf '%s' '{manifest}' > /tmp/manifest.json")
+    assert _call(worker, "PUT", manifest_url, pull_credentials, "/tmp/manifest.json")[0] == 405
+    assert _call(worker, "POST", f"https://{PULL_REGISTRY}/v2/lab/busybox/blobs/uploads/", pull_credentials)[0] == 405
+    assert _call(worker, "DELETE", f"https://{PULL_REGISTRY}/v2/lab/busybox/manifests/{pushed.partition('@')[2]}",
+                 pull_credentials)[0] == 405
+    on_push_registry = f"https://{REGISTRY}/v2/lab/busybox/manifests/test"
+    assert _call(worker, "GET", on_push_registry, pull_credentials)[0] == 401
+    assert _call(worker, "PUT", on_push_registry, pull_credentials, "/tmp/manifest.json")[0] == 401
+    _login(worker, pull_credentials, PULL_REGISTRY)
+    worker.run_test(f"docker pull -q {SOURCE} && docker tag {SOURCE} {PULL_REGISTRY}/lab/busybox:overwritten")
+    assert worker.run(f"docker push {PULL_REGISTRY}/lab/busybox:overwritten").rc != 0
+    assert _call(worker, "GET", f"https://{PULL_REGISTRY}/v2/lab/busybox/manifests/overwritten", pull_credentials)[0] == 404
+
+
+def test_push_login_opens_nothing_on_the_pull_registry(worker, credentials):
+    """The pull-only registry knows its own user only: the push login gets 401 there."""
+    assert _call(worker, "GET", f"https://{PULL_REGISTRY}/v2/", credentials)[0] == 401
+
+
+def test_pull_registry_cannot_write_its_data(manager):
+    """The pull-only registry's image data is a read-only mount, and its configuration
+    keeps the registry in read-only mode with no upload purging."""
+    cmd = manager.run(f"docker exec {PULL_CONTAINER} touch /var/lib/registry/probe")
+    assert cmd.rc != 0 and "Read-only file system" in cmd.stderr
+    config = manager.file(PULL_CONFIG).content_string
+    assert "readonly:\n      enabled: true" in config
+    assert "uploadpurging:\n      enabled: false" in config
