@@ -74,8 +74,10 @@ def test_fresh_weather_from_a_producer_on_an_arm64_pi(consumer):
 def test_every_node_runs_the_published_multiarch_image_of_its_architecture():
     """The images tier published one multi-architecture tag per app (a manifest list);
     the amd64 manager and the arm64 Pis run that same reference, each its own platform,
-    pinned by the digest the images tier recorded when it published the tag."""
+    pinned by the digest the images tier recorded when it published the tag, and pulled
+    through the pull-only registry (same store, another address)."""
     published = json.loads(on_node(MANAGER, "cat", "/etc/ansible/facts.d/weather_images.fact"))
+    registry = json.loads(on_node(MANAGER, "cat", "/etc/ansible/facts.d/private_registry.fact"))
     multiarch = published["multiarch"]
     assert set(published["images"]["producer"]) == {"amd64", "arm64"}
     running = {MANAGER: ("consumer", tasks_on(MANAGER, CONSUMER)[0], "amd64")}
@@ -83,7 +85,11 @@ def test_every_node_runs_the_published_multiarch_image_of_its_architecture():
     for node, (app, container, arch) in running.items():
         image = on_node(node, "docker", "inspect", "-f", "{{ .Config.Image }}", container)
         tag, _, digest = image.partition("@")
-        assert tag == multiarch[app] and digest == published["digests"][tag], (node, image, published)
+        address, _, path = tag.partition("/")
+        as_published = f"{registry['address']}/{path}"
+        assert address == registry["pull_address"], (node, image, registry)
+        assert as_published == multiarch[app] and digest == published["digests"][as_published], \
+            (node, image, published)
         assert on_node(node, "docker", "image", "inspect", "-f", "{{ .Architecture }}", image) == arch
 
 
